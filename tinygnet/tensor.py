@@ -500,8 +500,17 @@ def unbroadcast(g, shape):
     return g.reshape(shape)
 
 
+def _check_broadcast(op, a, b):
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be "
+                         f"broadcast together") from None
+
+
 class Add(Function):
     def forward(self, a, b):
+        _check_broadcast("add", a, b)
         self.a_shape, self.b_shape = a.shape, b.shape
         return a + b
 
@@ -511,6 +520,7 @@ class Add(Function):
 
 class Sub(Function):
     def forward(self, a, b):
+        _check_broadcast("subtract", a, b)
         self.a_shape, self.b_shape = a.shape, b.shape
         return a - b
 
@@ -520,6 +530,7 @@ class Sub(Function):
 
 class Mul(Function):
     def forward(self, a, b):
+        _check_broadcast("multiply", a, b)
         # d(ab)/da = b and d(ab)/db = a: keep each only if the other needs a gradient.
         self.a = a if self.needs_input_grad[1] else None
         self.b = b if self.needs_input_grad[0] else None
@@ -534,6 +545,7 @@ class Mul(Function):
 
 class Div(Function):
     def forward(self, a, b):
+        _check_broadcast("divide", a, b)
         self.a, self.b = a, b
         return a / b
 
