@@ -1,0 +1,333 @@
+"""CIFAR-10: find it, download it if needed, unpack it safely, load it.
+
+The data set comes as the official "python version" archive,
+``cifar-10-python.tar.gz``, which unpacks to::
+
+    cifar-10-batches-py/
+        data_batch_1 ... data_batch_5   10000 training images each
+        test_batch                      10000 test images
+        batches.meta                    the class names
+
+Each batch is a Python 2 pickle of a dict: ``b"data"`` is a 10000 x 3072
+uint8 array (each row one image: the 1024 red values, then green, then blue,
+row-major within a plane) and ``b"labels"`` a list of 10000 ints in 0..9.
+
+Where the data lives (``resolve_data_root``): the ``--data DIR`` argument, else
+``$TINYGNET_DATA``, else ``~/.cache/tinygnet``. In that folder we use, in order:
+an unpacked ``cifar-10-batches-py/``, a ``cifar-10-python.tar.gz`` (yours or a
+previous download), and finally a download from the official URL, checked
+against its md5. A folder or archive you supply is checked for its structure,
+not its md5, so a re-encoded copy works too.
+
+Two safety rules: an archive is unpacked only if no member could land outside
+the target folder, and it is unpacked into a temporary sibling folder that is
+renamed into place at the end, so an interrupted unpack never leaves a folder
+that looks complete. Pickles are read with an unpickler that can build nothing
+but NumPy arrays, so a doctored batch file cannot run code.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+
+import numpy as np
+
+__all__ = ["CIFAR10", "DatasetError", "DatasetNotFoundError", "CorruptDatasetError",
+           "resolve_data_root", "prepare_cifar10", "download_cifar10", "unpack_archive",
+           "URL", "MD5", "ARCHIVE_NAME", "FOLDER_NAME"]
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+FOLDER_NAME = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+META_FILE = "batches.meta"
+REQUIRED_FILES = TRAIN_FILES + TEST_FILES + (META_FILE,)
+IMAGES_PER_BATCH = 10_000     # tests lower this to write tiny batches
+NUM_CLASSES = 10
+DEFAULT_ROOT = os.path.join("~", ".cache", "tinygnet")
+ENV_VAR = "TINYGNET_DATA"
+
+
+class DatasetError(RuntimeError):
+    """Base class: the data set cannot be used (the demo exits cleanly on it)."""
+
+
+class DatasetNotFoundError(DatasetError):
+    """No data set where we looked, and none could be downloaded."""
+
+
+class CorruptDatasetError(DatasetError):
+    """A file is there but is not what it should be (the message names it)."""
+
+
+# --------------------------------------------------------------------------
+# Where the data lives
+# --------------------------------------------------------------------------
+def resolve_data_root(data_arg=None) -> str:
+    """The data folder: ``data_arg`` (``--data DIR``), else $TINYGNET_DATA, else ~/.cache/tinygnet."""
+    root = data_arg or os.environ.get(ENV_VAR) or DEFAULT_ROOT
+    return os.path.abspath(os.path.expanduser(os.fspath(root)))
+
+
+def _how_to_provide(root) -> str:
+    return (f"To provide it, put {ARCHIVE_NAME} or the unpacked {FOLDER_NAME}/ folder in {root}, "
+            f"or point tinygnet at a folder that holds one with --data DIR or ${ENV_VAR}. "
+            f"The archive can be downloaded from {URL} (md5 {MD5}).")
+
+
+def prepare_cifar10(root=None, download=True, fetch=None, progress=True) -> str:
+    """Make sure ``root/cifar-10-batches-py/`` exists with every file; return its path.
+
+    Uses, in order: the folder, ``root/cifar-10-python.tar.gz``, a download
+    (when ``download``). ``fetch`` replaces ``urllib.request.urlopen`` (tests).
+    """
+    root = resolve_data_root(root)
+    folder = os.path.join(root, FOLDER_NAME)
+    archive = os.path.join(root, ARCHIVE_NAME)
+    if os.path.isdir(folder):
+        missing = [name for name in REQUIRED_FILES if not os.path.isfile(os.path.join(folder, name))]
+        if missing:
+            raise CorruptDatasetError(
+                f"CIFAR-10 folder {folder} is incomplete: missing {', '.join(missing)}. "
+                f"Delete it to unpack or download again. " + _how_to_provide(root))
+        return folder
+    if not os.path.isfile(archive):
+        if not download:
+            raise DatasetNotFoundError(
+                f"CIFAR-10 not found: neither {folder}/ nor {archive} exists "
+                f"and downloading is off. " + _how_to_provide(root))
+        download_cifar10(root, fetch=fetch, progress=progress)
+    unpack_archive(archive, root)
+    return folder
+
+
+# --------------------------------------------------------------------------
+# Download: into a temporary file, md5-checked, then renamed into place
+# --------------------------------------------------------------------------
+def download_cifar10(root, fetch=None, progress=True, url=None, md5=None) -> str:
+    """Download the archive to ``root/cifar-10-python.tar.gz``; return its path.
+
+    ``fetch(url)`` must return a readable binary file object usable in a
+    ``with`` statement (``urllib.request.urlopen`` by default); ``url`` and
+    ``md5`` default to the official ones (``URL``, ``MD5``). On a network
+    error, DatasetNotFoundError; on a checksum mismatch, CorruptDatasetError;
+    in both cases no archive and no partial file is left behind.
+    """
+    from tqdm.auto import tqdm
+
+    url, md5 = url or URL, md5 or MD5
+    fetch = fetch or (lambda address: urllib.request.urlopen(address, timeout=60))
+    os.makedirs(root, exist_ok=True)
+    archive = os.path.join(root, ARCHIVE_NAME)
+    handle, partial = tempfile.mkstemp(dir=root, prefix=f".{ARCHIVE_NAME}.", suffix=".part")
+    digest = hashlib.md5()
+    try:
+        with os.fdopen(handle, "wb") as out:
+            try:
+                with fetch(url) as response:
+                    headers = getattr(response, "headers", None)
+                    total = int(headers.get("Content-Length") or 0) if headers else 0
+                    with tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1024,
+                              desc="Downloading CIFAR-10", disable=not progress) as bar:
+                        while chunk := response.read(1 << 20):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            bar.update(len(chunk))
+            except OSError as error:   # URLError, timeouts, connection resets
+                raise DatasetNotFoundError(
+                    f"CIFAR-10 not found: neither {os.path.join(root, FOLDER_NAME)}/ nor {archive} "
+                    f"exists, and downloading {url} failed ({error}). "
+                    + _how_to_provide(root)) from None
+        if digest.hexdigest() != md5:
+            raise CorruptDatasetError(
+                f"downloaded {url} has md5 {digest.hexdigest()}, expected {md5}: the download "
+                f"is corrupt or incomplete and was deleted. Try again, or " + _how_to_provide(root))
+        os.replace(partial, archive)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return archive
+
+
+# --------------------------------------------------------------------------
+# Unpack: safely (nothing outside the target) and atomically (rename at the end)
+# --------------------------------------------------------------------------
+def _check_member(member: tarfile.TarInfo, archive: str) -> None:
+    """Refuse a member that could write outside the folder it is unpacked into."""
+    def escapes(path):
+        return (path.startswith(("/", "\\")) or os.path.isabs(path)
+                or os.path.splitdrive(path)[0] != "" or ".." in path.replace("\\", "/").split("/"))
+
+    if escapes(member.name):
+        raise CorruptDatasetError(f"{archive}: refusing to unpack member {member.name!r} "
+                                  f"(absolute path or '..' would write outside the target folder)")
+    if member.issym() or member.islnk():
+        # A symlink target is relative to the link's folder; a hard link's to the archive root.
+        base = os.path.dirname(member.name) if member.issym() else ""
+        target = os.path.normpath(os.path.join(base, member.linkname))
+        if escapes(member.linkname) or escapes(target):
+            raise CorruptDatasetError(f"{archive}: refusing to unpack link {member.name!r} -> "
+                                      f"{member.linkname!r}, which points outside the target folder")
+    elif not (member.isfile() or member.isdir()):
+        raise CorruptDatasetError(f"{archive}: refusing to unpack {member.name!r}, "
+                                  f"which is not a regular file or folder")
+
+
+def unpack_archive(archive, root) -> str:
+    """Unpack ``archive`` into ``root/cifar-10-batches-py/``, checked and all at once.
+
+    Members go into a temporary folder next to the target; the structure is
+    checked (every file present, every batch parses); only then is the folder
+    renamed into place. On any error the temporary folder is removed.
+    """
+    folder = os.path.join(root, FOLDER_NAME)
+    staging = tempfile.mkdtemp(dir=root, prefix=f".{FOLDER_NAME}.", suffix=".partial")
+    try:
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                members = tar.getmembers()
+                for member in members:
+                    _check_member(member, archive)
+                # Python's own "data" filter (3.10.12+) as a second line of defence.
+                options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(staging, members=members, **options)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+            raise CorruptDatasetError(f"{archive} is not a readable tar.gz archive ({error}); "
+                                      f"delete it and try again. " + _how_to_provide(root)) from None
+        unpacked = os.path.join(staging, FOLDER_NAME)
+        if not os.path.isdir(unpacked):
+            raise CorruptDatasetError(f"{archive} holds no {FOLDER_NAME}/ folder. " + _how_to_provide(root))
+        check_folder(unpacked, source=archive)
+        try:
+            os.rename(unpacked, folder)          # atomic: the folder appears complete or not at all
+        except OSError:
+            if not os.path.isdir(folder):        # else another process unpacked it meanwhile
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def check_folder(folder, source=None) -> None:
+    """Check that every file is present and every batch parses (no md5: user copies differ)."""
+    where = f" (unpacked from {source})" if source else ""
+    missing = [name for name in REQUIRED_FILES if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise CorruptDatasetError(f"CIFAR-10 folder {folder}{where} is missing {', '.join(missing)}")
+    read_meta(os.path.join(folder, META_FILE))
+    for name in TRAIN_FILES + TEST_FILES:
+        read_batch(os.path.join(folder, name))
+
+
+# --------------------------------------------------------------------------
+# Reading the pickles
+# --------------------------------------------------------------------------
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that can build NumPy arrays, lists, dicts, bytes and str: nothing else.
+
+    A general pickle can call any function while loading; CIFAR-10's pickles
+    only ever need the three names NumPy uses to rebuild an array (plus the
+    two a Python 3 pickler writes for arrays and bytes).
+    """
+
+    ALLOWED = {("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+               ("numpy", "dtype"), ("numpy._core.numeric", "_frombuffer"),
+               ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if module.startswith("numpy.core."):          # pickles written before NumPy 2
+            module = "numpy._core." + module[len("numpy.core."):]
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: "
+                                         f"a CIFAR-10 batch holds only arrays and lists")
+        return getattr(importlib.import_module(module), name)
+
+
+def _load_pickle(path) -> dict:
+    """Load a batch pickle; keys become str whether written as bytes (Python 2) or str."""
+    try:
+        with open(path, "rb") as f:
+            content = _ArrayUnpickler(f, encoding="bytes").load()
+    except Exception as error:  # truncated or garbage files raise many different errors
+        raise CorruptDatasetError(f"{path}: not a readable CIFAR-10 pickle "
+                                  f"({type(error).__name__}: {error})") from None
+    if not isinstance(content, dict):
+        raise CorruptDatasetError(f"{path}: expected a pickled dict, got {type(content).__name__}")
+    return {key.decode("latin1") if isinstance(key, bytes) else key: value
+            for key, value in content.items()}
+
+
+def read_batch(path):
+    """One batch file -> (images uint8 (n, 3, 32, 32), labels int64 (n,)), checked."""
+    batch = _load_pickle(path)
+    if "data" not in batch or "labels" not in batch:
+        raise CorruptDatasetError(f"{path}: missing the 'data' or 'labels' entry "
+                                  f"(has {sorted(batch)})")
+    data, labels = batch["data"], np.asarray(batch["labels"])
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8
+            or data.shape != (IMAGES_PER_BATCH, 3072)):
+        shape = getattr(data, "shape", None)
+        dtype = getattr(data, "dtype", type(data).__name__)
+        raise CorruptDatasetError(f"{path}: 'data' should be a {IMAGES_PER_BATCH} x 3072 uint8 "
+                                  f"array, got shape {shape} dtype {dtype}")
+    if labels.shape != (IMAGES_PER_BATCH,) or labels.dtype.kind not in "iu":
+        raise CorruptDatasetError(f"{path}: 'labels' should be {IMAGES_PER_BATCH} integers, "
+                                  f"got shape {labels.shape} dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise CorruptDatasetError(f"{path}: labels must lie in 0..{NUM_CLASSES - 1}, "
+                                  f"found {labels.min()}..{labels.max()}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def read_meta(path) -> list:
+    """batches.meta -> the ten class names as str."""
+    meta = _load_pickle(path)
+    names = meta.get("label_names")
+    if not isinstance(names, (list, tuple)) or len(names) != NUM_CLASSES:
+        raise CorruptDatasetError(f"{path}: 'label_names' should list {NUM_CLASSES} class names, "
+                                  f"got {names!r:.80}")
+    return [name.decode("latin1") if isinstance(name, bytes) else str(name) for name in names]
+
+
+# --------------------------------------------------------------------------
+# The data set
+# --------------------------------------------------------------------------
+class CIFAR10:
+    """CIFAR-10 in memory: ``images`` uint8 (N, 3, 32, 32) NCHW, ``labels`` int64 (N,).
+
+    ``root``: the data folder (None: $TINYGNET_DATA or ~/.cache/tinygnet).
+    ``train``: the 50000 training images, else the 10000 test images.
+    ``download``: fetch the official archive if nothing is found locally.
+    ``fetch``: replaces ``urllib.request.urlopen`` (tests inject one).
+    ``classes`` holds the class names from batches.meta. Raises
+    DatasetNotFoundError / CorruptDatasetError (both DatasetError).
+    """
+
+    def __init__(self, root=None, train=True, download=True, fetch=None, progress=True):
+        self.root = resolve_data_root(root)
+        self.train = train
+        folder = prepare_cifar10(self.root, download=download, fetch=fetch, progress=progress)
+        self.classes = read_meta(os.path.join(folder, META_FILE))
+        batches = [read_batch(os.path.join(folder, name))
+                   for name in (TRAIN_FILES if train else TEST_FILES)]
+        self.images = np.concatenate([images for images, _ in batches])   # N x 3 x 32 x 32
+        self.labels = np.concatenate([labels for _, labels in batches])   # N
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+    def __repr__(self):
+        split = "train" if self.train else "test"
+        return f"CIFAR10(split={split!r}, size={len(self)}, root={self.root!r})"
