@@ -1,0 +1,36 @@
+"""``python -m tinygnet.demo SUBCOMMAND [options]``: run one of the demos.
+
+Each subcommand is a module of this package with ``main(argv) -> int`` (the
+exit status) and a one-line description; it is imported only when chosen.
+"""
+import importlib
+import sys
+
+# subcommand -> (module, what it does). Add a demo by adding a line.
+SUBCOMMANDS = {
+    "cifar": ("tinygnet.demo.cifar", "train GoogLeNet on CIFAR-10"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m tinygnet.demo SUBCOMMAND [options]", "", "subcommands:"]
+    lines += [f"  {name:<10} {about}" for name, (_, about) in SUBCOMMANDS.items()]
+    lines += ["", "`python -m tinygnet.demo SUBCOMMAND --help` explains a subcommand's options."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
