@@ -6,10 +6,11 @@ forward and backward side by side. Start with ``tinygnet/tensor.py``.
 from .backend import is_cuda_available, manual_seed
 from .tensor import Function, Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad, tensor
 from .gradcheck import gradcheck, GradcheckError
-from . import functional
+from . import functional, nn, models
+from .summary import summary
 
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "Function", "tensor", "as_tensor", "no_grad", "enable_grad",
            "is_grad_enabled", "manual_seed", "is_cuda_available", "gradcheck",
-           "GradcheckError", "functional"]
+           "GradcheckError", "functional", "nn", "models", "summary"]

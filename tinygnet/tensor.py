@@ -180,7 +180,8 @@ class Tensor:
         return len(self.data)
 
     def __repr__(self):
-        body = np.array2string(self.numpy(), precision=4, separator=", ", threshold=20)
+        body = np.array2string(self.numpy(), precision=4, separator=", ", threshold=20,
+                               prefix="tensor(")
         extras = [f"dtype={self.dtype}"]
         if self.device != "cpu":
             extras.append(f"device='{self.device}'")
