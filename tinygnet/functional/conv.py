@@ -1,4 +1,4 @@
-"""2-D convolution: im2col through a strided view, then one batched GEMM.
+"""2-D convolution: im2col through a strided view, then GEMM.
 
 Notation: input x is (N, C, H, W), weight W is (O, C, KH, KW), output y is
 (N, O, OH, OW); SH, SW are the strides and PH, PW the zero paddings, and
@@ -10,16 +10,27 @@ view of the padded input lays those patches out as cols, of shape
 (N, C*KH*KW, OH*OW), without moving any data; one copy makes it contiguous.
 Then for each image n, y[n] = W(O, C*KH*KW) @ cols[n] (C*KH*KW, OH*OW).
 
-The layout trick: cols keeps the batch axis first, so one batched matmul
-(BLAS GEMM per image, all inside NumPy) writes y straight into NCHW order.
-Measured on 2 cores against one big GEMM W @ cols(C*KH*KW, N*OH*OW), which
-needs the input transposed to (C, N, ...) and the output transposed back, it
-is as fast or faster and needs no transposes at all. For a 1x1 convolution
-with stride 1 and no padding, cols is x itself seen as (N, C, H*W): no copy.
+Two layouts of cols, by kernel size:
+
+* 1x1, stride 1, no padding (most of GoogLeNet): cols is x itself, seen as
+  (N, C, H*W), no copy; one batched matmul (a BLAS GEMM per image) writes y
+  straight into NCHW order.
+* KH x KW (CPU): cols is laid out (C*KH*KW, N*OH*OW), all the images side by
+  side, so y = W @ cols and gW = gy @ cols^T are each ONE large GEMM instead
+  of N small ones (and no (N, O, C*KH*KW) stack of per-image gW to sum). It
+  costs transposing y and gy between (N, O, ...) and (O, N, ...), arrays
+  KH*KW*C/O times smaller than cols. Measured on GoogLeNet's CIFAR shapes
+  (batch 128, 16, 8 and 4 pixels, 1 thread), forward + backward of a 3x3 or
+  5x5 conv is 2-30% faster than the per-image layout (most at 8 and 4
+  pixels), a whole training step about 10%. (The GPU path keeps the
+  per-image layout: its im2col is a kernel.)
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_array_module
+from ..cuda import kernels
 from ..tensor import Function
 from ._checks import check_float, check_ndim, pair
 
@@ -36,6 +47,33 @@ def _windows(x_pad, KH, KW, SH, SW, OH, OW):
         x_pad, shape=(N, C, KH, KW, OH, OW), strides=(sN, sC, sH, sW, sH * SH, sW * SW))
 
 
+
+def _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW):
+    """cols (C*KH*KW, N*OH*OW), all images side by side:
+    cols[(c, kh, kw), (n, oh, ow)] = x_pad[n, c, oh*SH + kh, ow*SW + kw]."""
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    if PH or PW:    # zeros, then x copied in: about twice as fast as xp.pad
+        x_pad = xp.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=x.dtype)
+        x_pad[:, :, PH:PH + H, PW:PW + W] = x
+        x = x_pad
+    windows = _windows(x, KH, KW, SH, SW, OH, OW).transpose(1, 2, 3, 0, 4, 5)  # C,KH,KW,N,OH,OW
+    return xp.ascontiguousarray(windows).reshape(C * KH * KW, N * OH * OW)
+
+
+def _col2im_batch(gcols, x_shape, KH, KW, SH, SW, PH, PW, OH, OW):
+    """The adjoint of _im2col_batch: gx (N, C, H, W) from gcols (C*KH*KW, N*OH*OW)."""
+    xp = get_array_module(gcols)
+    N, C, H, W = x_shape
+    gcols = gcols.reshape(C, KH, KW, N, OH, OW)
+    # Accumulate in gcols' own (C, N, ...) order (long runs in memory), then one
+    # transposing copy to NCHW.
+    gx_pad = xp.zeros((C, N, H + 2 * PH, W + 2 * PW), dtype=gcols.dtype)
+    for kh in range(KH):            # one strided add per kernel offset; overlaps add up
+        for kw in range(KW):
+            gx_pad[:, :, kh:kh + SH * OH:SH, kw:kw + SW * OW:SW] += gcols[:, kh, kw]
+    return xp.ascontiguousarray(gx_pad[:, :, PH:PH + H, PW:PW + W].transpose(1, 0, 2, 3))
+
 class Conv2d(Function):
     """y[n, o, oh, ow] = b[o] + sum over c, kh, kw of
     W[o, c, kh, kw] * x_pad[n, c, oh*SH + kh, ow*SW + kw]."""
@@ -47,8 +85,15 @@ class Conv2d(Function):
         (SH, SW), (PH, PW) = stride, padding
         OH = (x.shape[2] + 2 * PH - KH) // SH + 1
         OW = (x.shape[3] + 2 * PW - KW) // SW + 1
-        cols = self._im2col(x, KH, KW, SH, SW, PH, PW, OH, OW)  # (N, C*KH*KW, OH*OW)
-        y = xp.matmul(W.reshape(O, -1), cols)                    # (N, O, OH*OW)
+        # CPU and a real KH x KW window: the whole batch in one GEMM (module docstring).
+        self.one_gemm = xp is np and (KH, KW, SH, SW, PH, PW) != (1, 1, 1, 1, 0, 0)
+        if self.one_gemm:
+            cols = _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW)  # (C*KH*KW, N*OH*OW)
+            y = W.reshape(O, -1) @ cols                              # (O, N*OH*OW)
+            y = xp.ascontiguousarray(y.reshape(O, N, OH * OW).transpose(1, 0, 2))
+        else:
+            cols = self._im2col(x, KH, KW, SH, SW, PH, PW, OH, OW)  # (N, C*KH*KW, OH*OW)
+            y = xp.matmul(W.reshape(O, -1), cols)                    # (N, O, OH*OW)
         if b is not None:
             y += b.reshape(O, 1)
         need_gx, need_gW = self.needs_input_grad[:2]
@@ -66,6 +111,8 @@ class Conv2d(Function):
         N, C, H, W = x.shape
         if (KH, KW, SH, SW, PH, PW) == (1, 1, 1, 1, 0, 0):
             return x.reshape(N, C, H * W)          # a 1x1 convolution is a plain GEMM
+        if xp is not np:                           # GPU: one kernel, padding read as zeros
+            return kernels.im2col(x, KH, KW, SH, SW, PH, PW, OH, OW)
         if PH or PW:
             x = xp.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)))
         cols = xp.ascontiguousarray(_windows(x, KH, KW, SH, SW, OH, OW))
@@ -78,6 +125,16 @@ class Conv2d(Function):
         gy = gy.reshape(N, O, OH * OW)
         need_gx, need_gW, need_gb = self.needs_input_grad
         gx = gW = gb = None
+        if self.one_gemm:
+            gb = gy.sum(axis=(0, 2)) if need_gb else None
+            gy = xp.ascontiguousarray(gy.transpose(1, 0, 2)).reshape(O, -1)  # (O, N*OH*OW)
+            if need_gW:
+                cols = _im2col_batch(self.x, KH, KW, SH, SW, PH, PW, OH, OW)
+                gW = (gy @ cols.T).reshape(O, -1, KH, KW)
+            if need_gx:
+                gcols = self.W.reshape(O, -1).T @ gy                # (C*KH*KW, N*OH*OW)
+                gx = _col2im_batch(gcols, self.x_shape, KH, KW, SH, SW, PH, PW, OH, OW)
+            return gx, gW, gb
         if need_gW:
             cols = self._im2col(self.x, KH, KW, SH, SW, PH, PW, OH, OW)
             # sum over n of gy[n] (O, OH*OW) @ cols[n].T (OH*OW, C*KH*KW)
@@ -97,6 +154,8 @@ class Conv2d(Function):
         N, C, H, W = x_shape
         if (KH, KW, SH, SW, PH, PW) == (1, 1, 1, 1, 0, 0):
             return gcols.reshape(N, C, H, W)
+        if xp is not np:                           # GPU: one kernel, one thread per pixel
+            return kernels.col2im(gcols, x_shape, KH, KW, SH, SW, PH, PW, OH, OW)
         gcols = gcols.reshape(N, C, KH, KW, OH, OW)
         gx_pad = xp.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=gcols.dtype)
         # One strided slice add per kernel offset (overlapping patches accumulate).

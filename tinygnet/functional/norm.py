@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from ..cuda import kernels
 from ..tensor import Function, Tensor
 from ._checks import check_float
 
-__all__ = ["local_response_norm", "batch_norm"]
+__all__ = ["local_response_norm", "batch_norm", "batch_norm_relu"]
 
 
 # --------------------------------------------------------------------------
@@ -49,6 +50,11 @@ class LocalResponseNorm(Function):
 
     def forward(self, x, size, alpha, beta, k):
         xp = get_array_module(x)
+        if xp is not np:   # GPU: one kernel; backward recomputes S^(-beta) from S
+            y, scale = kernels.lrn_forward(x, size, alpha, beta, k)
+            if self.needs_input_grad[0]:
+                self.x, self.scale, self.size, self.alpha, self.beta = x, scale, size, alpha, beta
+            return y
         before, after = size // 2, (size - 1) // 2
         scale = _window_sum(x * x, before, after)   # S, built in place
         scale *= alpha / size
@@ -60,6 +66,8 @@ class LocalResponseNorm(Function):
         return x * scale_pow
 
     def backward(self, gy):
+        if get_array_module(gy) is not np:
+            return kernels.lrn_backward(self.x, self.scale, gy, self.size, self.alpha, self.beta)
         before, after = self.size // 2, (self.size - 1) // 2
         t = gy * self.x
         t *= self.scale_pow
@@ -122,9 +130,15 @@ class BatchNorm(Function):
 
     (sums over N, H, W). In evaluation mode y is affine in x:
     gx = gy * weight * inv_std.
+
+    ``relu=True`` fuses the ReLU that follows every batch norm in GoogLeNet:
+    y = max(BN(x), 0) is taken in place on BN's fresh output (no second
+    array), and backward first masks gy with y > 0 (ReLU's backward, from
+    the saved output) and then runs BN's backward on the masked gradient.
     """
 
-    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
+    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps,
+                relu=False):
         xp = get_array_module(x)
         C = x.shape[1]
         m = x.size // C
@@ -153,9 +167,12 @@ class BatchNorm(Function):
             shift = -mean * scale if bias is None else bias - mean * scale
             y = x * _per_channel(scale, x.ndim)
             y += _per_channel(shift, x.ndim)
+        if relu:
+            xp.maximum(y, 0, out=y)           # y is ours: ReLU in place
         if needs_grad:
             self.training, self.m, self.ndim = training, m, x.ndim
             self.inv_std, self.scale = inv_std, scale
+            self.y = y if relu else None      # ReLU's backward needs only y > 0
             if training:
                 self.xc = xc
             elif self.needs_input_grad[1]:                         # gW needs x_hat
@@ -164,6 +181,8 @@ class BatchNorm(Function):
 
     def backward(self, gy):
         need_gx, need_gW, need_gb = self.needs_input_grad[:3]
+        if self.y is not None:
+            gy = gy * (self.y > 0)            # through the fused ReLU first
         gb = _channel_sum(gy) if (need_gb or (self.training and need_gx)) else None
         gxc = (_channel_sum(gy, self.xc)
                if (need_gW or (self.training and need_gx)) else None)  # sum(gy * xc)
@@ -193,7 +212,20 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         weight, bias: (C,) Tensors or None (the affine gamma and beta).
         training: use (and update with) the batch statistics.
     """
-    op = "batch_norm"
+    return _batch_norm("batch_norm", x, running_mean, running_var, weight, bias, training,
+                       momentum, eps, relu=False)
+
+
+def batch_norm_relu(x, running_mean, running_var, weight=None, bias=None, training=False,
+                    momentum=0.1, eps=1e-5):
+    """``relu(batch_norm(...))`` as one op: same arguments and result as that pair, but
+    one output array instead of two (the ReLU is taken in place; see ``BatchNorm``)."""
+    return _batch_norm("batch_norm_relu", x, running_mean, running_var, weight, bias, training,
+                       momentum, eps, relu=True)
+
+
+def _batch_norm(op, x, running_mean, running_var, weight, bias, training, momentum, eps, relu):
+    """Check the arguments of batch_norm (or batch_norm_relu) and apply the op."""
     if x.ndim < 2:
         raise ValueError(f"{op}: expected an input of 2 or more dims (N, C, ...), "
                          f"got shape {tuple(x.shape)}")
@@ -220,7 +252,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum!r}")
     return BatchNorm.apply(x, weight, bias,
                            running_mean=_data(running_mean), running_var=_data(running_var),
-                           training=bool(training), momentum=float(momentum), eps=float(eps))
+                           training=bool(training), momentum=float(momentum), eps=float(eps),
+                           relu=relu)
 
 
 def _data(t):

@@ -62,9 +62,13 @@ class ConvUnit(nn.Conv2d):
 
     def forward(self, x):
         x = super().forward(x)
-        if self.bn is not None:
-            x = self.bn(x)
-        return F.relu(x)
+        if self.bn is None:
+            return F.relu(x)
+        # relu(bn(x)) as one op, batch_norm_relu: one output array instead of two, and
+        # ReLU's backward folded into batch norm's (same result, same bn.* parameters).
+        bn = self.bn
+        return F.batch_norm_relu(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                                 training=bn.training, momentum=bn.momentum, eps=bn.eps)
 
 
 class Inception(nn.Module):

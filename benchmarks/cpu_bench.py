@@ -1,0 +1,501 @@
+"""tinygnet against PyTorch on the CPU: GoogLeNet training, inference and single ops.
+
+    python benchmarks/cpu_bench.py                  # everything, all cores (a few minutes)
+    python benchmarks/cpu_bench.py --quick          # fewer repeats, no width-1 training
+    python benchmarks/cpu_bench.py --threads 1 --out perf.md
+
+What is measured (cifar config, 3 x 32 x 32 images, 10 classes):
+
+* a training step: forward, the combined loss (main + 0.3 * aux, label
+  smoothing 0.1), backward and an SGD update (momentum, Nesterov, weight
+  decay), at the CIFAR demo's CPU config (``CPU_DEFAULTS``) and at width 1;
+* inference (eval mode, no graph) at batch 256;
+* single ops, forward + backward, at the shapes of inception3a at 32 x 32.
+
+Fair play: both sides get the same weights (tinygnet's state_dict copied into
+the PyTorch model of ``torch_googlenet.py``; the logits are checked to agree
+before anything is timed), the same data, the same thread count (BLAS and
+OpenMP pools are sized through environment variables before NumPy and torch
+are imported, and ``torch.set_num_threads``), warm-up runs, then repeats
+interleaved (tinygnet, torch, tinygnet, ...) so that a change in machine load
+hits both, and medians. Ratios are throughputs, tinygnet / PyTorch (above 1:
+tinygnet is faster). Peak memory is the resident-set high-water mark of a
+fresh subprocess running training steps (one per framework, so they never
+share a high-water mark). GFLOP/s counts the multiply-adds of the convolutions
+and linear layers (x 2 flops; backward counted as twice the forward, less the
+first conv's unneeded input gradient), compared with a large float32 NumPy
+matmul on the same threads: the machine's practical peak.
+
+Run it on a quiet machine: with other processes on the cores, BLAS threads
+spin and every number drops (the load average is printed before and after).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+
+# ----------------------------------------------------------------------------
+# Thread pools are sized when the libraries load: parse --threads before
+# importing NumPy or torch.
+# ----------------------------------------------------------------------------
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="threads for BLAS/OpenMP and torch (default: all cores, %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats, per-op batch 32, no width-1 training")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats per case (default 10; 5 with --quick)")
+    parser.add_argument("--width1-repeats", type=int, default=3,
+                        help="timed repeats of the (slow) width-1 training step (default 3)")
+    parser.add_argument("--skip-width1", action="store_true", help="leave out width-1 rows")
+    parser.add_argument("--no-rss", action="store_true", help="leave out the peak-memory runs")
+    parser.add_argument("--out", help="also write the markdown report to this file")
+    parser.add_argument("--rss-child", choices=("tinygnet", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--stem-stride", type=int, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else parse_args([])
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+              "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_name] = str(ARGS.threads)
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tinygnet  # noqa: E402
+import tinygnet.functional as F  # noqa: E402
+from tinygnet.demo.cifar import CPU_DEFAULTS  # noqa: E402
+from tinygnet.models import GoogLeNet, googlenet_loss  # noqa: E402
+from tinygnet.nn import Conv2d, Linear  # noqa: E402
+from tinygnet.optim import SGD  # noqa: E402
+from tinygnet.tensor import Tensor, no_grad  # noqa: E402
+
+BATCH = 128                 # training batch (the demo's)
+EVAL_BATCH = 256
+NUM_CLASSES = 10
+SGD_OPTIONS = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+LOSS_OPTIONS = dict(aux_weight=0.3, label_smoothing=0.1)
+DEFAULT = dict(width=CPU_DEFAULTS["width"], stem_stride=CPU_DEFAULTS["stem_stride"],
+               batchnorm=CPU_DEFAULTS["batchnorm"])
+WIDTH1 = dict(width=1.0, stem_stride=1, batchnorm=CPU_DEFAULTS["batchnorm"])
+
+
+def config_name(cfg):
+    return (f"width {cfg['width']:g}, stem_stride {cfg['stem_stride']}"
+            f"{', BN' if cfg['batchnorm'] else ''}")
+
+
+# ----------------------------------------------------------------------------
+# The two models and their training steps
+# ----------------------------------------------------------------------------
+def data(batch, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 3, 32, 32), dtype=np.float32)
+    y = rng.integers(0, NUM_CLASSES, batch)
+    return x, y
+
+
+def make_tinygnet(cfg):
+    tinygnet.manual_seed(0)
+    return GoogLeNet(NUM_CLASSES, "cifar", width=cfg["width"], batchnorm=cfg["batchnorm"],
+                     stem_stride=cfg["stem_stride"])
+
+
+def make_torch(cfg, state_dict):
+    import torch
+    import torch_googlenet
+    model = torch_googlenet.GoogLeNet(NUM_CLASSES, width=cfg["width"],
+                                      batchnorm=cfg["batchnorm"],
+                                      stem_stride=cfg["stem_stride"])
+    torch_googlenet.load_tinygnet_state_dict(model, state_dict)
+    return model
+
+
+def tinygnet_train_step(model, batch):
+    model.train()
+    optimizer = SGD(model.parameters(), **SGD_OPTIONS)
+    x, y = data(batch)
+    x = Tensor(x)
+
+    def step():
+        optimizer.zero_grad()
+        loss = googlenet_loss(model(x), y, **LOSS_OPTIONS).total
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def torch_train_step(model, batch):
+    import torch
+    import torch_googlenet
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), **SGD_OPTIONS)
+    x, y = data(batch)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch_googlenet.googlenet_loss(model(x), y, **LOSS_OPTIONS)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def tinygnet_inference(model, batch):
+    x = Tensor(data(batch, seed=1)[0])
+
+    def run():
+        model.eval()
+        with no_grad():
+            model(x)
+    return run
+
+
+def torch_inference(model, batch):
+    import torch
+    x = torch.from_numpy(data(batch, seed=1)[0])
+
+    def run():
+        model.eval()
+        with torch.inference_mode():
+            model(x)
+    return run
+
+
+def training_flops(model, batch):
+    """Flops of one training step: 2 per multiply-add of every conv and linear layer,
+    forward + backward (gx and gW each cost a forward, except the first conv's gx)."""
+    macs, handles = [], []
+    for module in model.modules():
+        if isinstance(module, Conv2d):
+            def hook(m, inputs, y):
+                N, O, OH, OW = y.shape
+                macs.append(N * O * OH * OW * m.in_channels * m.kernel_size[0] * m.kernel_size[1])
+        elif isinstance(module, Linear):
+            def hook(m, inputs, y):
+                macs.append(y.size * m.in_features)
+        else:
+            continue
+        handles.append(module.register_forward_hook(hook))
+    model.train()
+    with no_grad():
+        model(Tensor(data(batch)[0]))
+    for h in handles:
+        h.remove()
+    first_conv = macs[0]
+    return 2 * (3 * sum(macs) - first_conv)
+
+
+# ----------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------
+def interleaved(cases: dict, repeats: int, warmup: int = 1) -> dict:
+    """{name: fn} -> {name: median seconds}; repeats interleaved across the cases."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def gemm_peak(repeats=5, n=2048):
+    """GFLOP/s of a float32 n x n x n NumPy matmul (median of ``repeats``)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=c)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=c)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / np.median(times) / 1e9
+
+
+# ----------------------------------------------------------------------------
+# Same logits on both sides
+# ----------------------------------------------------------------------------
+def check_same_logits(cfg, batch=8):
+    import torch
+    model = make_tinygnet(cfg)
+    # Give batch norm non-trivial running statistics, so eval mode really uses them.
+    rng = np.random.default_rng(2)
+    for name, buffer in model.named_buffers():
+        if name.endswith("running_mean"):
+            buffer.data[...] = rng.normal(0, 0.1, buffer.shape)
+        elif name.endswith("running_var"):
+            buffer.data[...] = rng.uniform(0.5, 2.0, buffer.shape)
+    reference = make_torch(cfg, model.state_dict())
+    x = data(batch, seed=3)[0]
+    model.eval()
+    reference.eval()
+    with no_grad():
+        ours = model(Tensor(x)).numpy()
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(x)).numpy()
+    error = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+    ok = error < 1e-4
+    return ok, error
+
+
+# ----------------------------------------------------------------------------
+# Single ops, forward + backward
+# ----------------------------------------------------------------------------
+def op_cases(batch):
+    """(name, tinygnet fn, torch fn) for each op, at inception3a shapes at 32 x 32 (width 1)."""
+    import torch
+    import torch.nn.functional as TF
+    rng = np.random.default_rng(4)
+
+    def randn(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    def pair(forward_ours, forward_theirs, inputs, grad_shape=None):
+        """Both sides: forward on fresh leaves (the arrays are shared), backward with gy."""
+        def ours():
+            leaves = [Tensor(a, requires_grad=True) for a in inputs]
+            y = forward_ours(*leaves)
+            y.backward(gy if gy is not None else None)
+
+        def theirs():
+            leaves = [torch.from_numpy(a).requires_grad_() for a in inputs]
+            y = forward_theirs(*leaves)
+            y.backward(gy_t if gy_t is not None else None)
+        gy = None if grad_shape == () else randn(*grad_shape)
+        gy_t = None if gy is None else torch.from_numpy(gy)
+        return ours, theirs
+
+    N, S = batch, 32
+    cases = []
+    for label, C, O, K in (("conv 1x1, 192->64", 192, 64, 1), ("conv 3x3, 96->128", 96, 128, 3),
+                           ("conv 5x5, 16->32", 16, 32, 5)):
+        x, w, b = randn(N, C, S, S), randn(O, C, K, K) * 0.05, randn(O)
+        p = K // 2
+        cases.append((label + f" (N={N}, {S}x{S})", *pair(
+            lambda x, w, b, p=p: F.conv2d(x, w, b, padding=p),
+            lambda x, w, b, p=p: TF.conv2d(x, w, b, padding=p),
+            [x, w, b], (N, O, S, S))))
+    x = randn(N, 480, S, S)
+    cases.append((f"max pool 3x3/2 ceil (N={N}, 480, {S}x{S})", *pair(
+        lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True),
+        lambda x: TF.max_pool2d(x, 3, 2, ceil_mode=True),
+        [x], (N, 480, S // 2, S // 2))))
+    branches = [randn(N, c, S, S) for c in (64, 128, 32, 32)]
+    cases.append((f"Inception concat (64+128+32+32, {S}x{S})", *pair(
+        lambda *b: F.cat(b, dim=1), lambda *b: torch.cat(b, 1), branches, (N, 256, S, S))))
+    x = randn(N, 192, S, S)
+    cases.append((f"LRN size 5 (N={N}, 192, {S}x{S})", *pair(
+        lambda x: F.local_response_norm(x, 5, 1e-4, 0.75, 1.0),
+        lambda x: TF.local_response_norm(x, 5, 1e-4, 0.75, 1.0),
+        [x], (N, 192, S, S))))
+    gamma, beta = rng.uniform(0.5, 1.5, 192).astype(np.float32), randn(192)
+    cases.append((f"batch norm, train (N={N}, 192, {S}x{S})", *pair(
+        lambda x, g, b: F.batch_norm(x, None, None, g, b, training=True),
+        lambda x, g, b: TF.batch_norm(x, None, None, g, b, training=True),
+        [x, gamma, beta], (N, 192, S, S))))
+    logits, targets = randn(BATCH, NUM_CLASSES), rng.integers(0, NUM_CLASSES, BATCH)
+    targets_t = torch.from_numpy(targets)
+    cases.append((f"cross-entropy, smoothing 0.1 ({BATCH} x {NUM_CLASSES})", *pair(
+        lambda z: F.cross_entropy(z, targets, label_smoothing=0.1),
+        lambda z: TF.cross_entropy(z, targets_t, label_smoothing=0.1),
+        [logits], ())))
+    return cases
+
+
+# ----------------------------------------------------------------------------
+# Peak memory, in a fresh process per framework
+# ----------------------------------------------------------------------------
+def _status_mib(field):
+    """VmRSS (now) or VmHWM (the high-water mark) of this process, in MiB.
+
+    VmHWM, not getrusage's ru_maxrss: after fork + exec, ru_maxrss starts at
+    the parent's high-water mark, so a child of a big process would report
+    the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_child(framework, cfg):
+    """Print 'baseline_MiB peak_MiB' of two training steps of ``framework``."""
+    model = make_tinygnet(cfg)
+    if framework == "torch":
+        import torch
+        torch.set_num_threads(ARGS.threads)
+        state = model.state_dict()
+        del model
+        model = make_torch(cfg, state)
+        step = torch_train_step(model, BATCH)
+    else:
+        step = tinygnet_train_step(model, BATCH)
+    baseline = _status_mib("VmRSS")
+    step()
+    step()
+    peak = _status_mib("VmHWM")
+    print(f"{baseline:.1f} {peak:.1f}")
+
+
+def peak_rss(framework, cfg):
+    command = [sys.executable, os.path.abspath(__file__), "--threads", str(ARGS.threads),
+               "--rss-child", framework, "--width", str(cfg["width"]),
+               "--stem-stride", str(cfg["stem_stride"])]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    baseline, peak = map(float, done.stdout.split()[-2:])
+    return baseline, peak
+
+
+# ----------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------
+def machine_info():
+    import torch
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:
+        blas = "unknown"
+    return [f"CPU: {cpu}, {os.cpu_count()} logical cores; {platform.system()} "
+            f"{platform.release()}",
+            f"Python {platform.python_version()}, NumPy {np.__version__} ({blas}), "
+            f"torch {torch.__version__} "
+            f"(MKL-DNN {'on' if torch.backends.mkldnn.enabled else 'off'})",
+            f"threads: {ARGS.threads} (OMP/OPENBLAS/MKL_NUM_THREADS, torch.set_num_threads), "
+            f"torch sees {torch.get_num_threads()}"]
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def main():
+    import torch
+    torch.set_num_threads(ARGS.threads)
+    quick = ARGS.quick
+    repeats = ARGS.repeats or (5 if quick else 10)
+    op_batch = 32 if quick else BATCH
+    lines = []
+
+    def say(text=""):
+        print(text, flush=True)
+        lines.append(text)
+
+    say("## tinygnet vs PyTorch on the CPU")
+    say()
+    for line in machine_info():
+        say(f"- {line}")
+    say(f"- load average before: {loadavg()}")
+    peak = gemm_peak()
+    say(f"- float32 GEMM peak (NumPy 2048^3 matmul): {peak:.1f} GFLOP/s")
+    ok, error = check_same_logits(DEFAULT)
+    say(f"- same logits check ({config_name(DEFAULT)}, eval, batch 8): max |diff| / max |logit| "
+        f"= {error:.1e} -> {'OK' if ok else 'MISMATCH'}")
+    if not ok:
+        raise SystemExit("the two models disagree: the benchmark would compare different networks")
+    say()
+
+    rows = []
+    configs = [("default", DEFAULT)] + ([] if (quick or ARGS.skip_width1) else [("width1", WIDTH1)])
+    for key, cfg in configs:
+        ours = make_tinygnet(cfg)
+        theirs = make_torch(cfg, ours.state_dict())
+        flops = training_flops(ours, BATCH)
+        n = repeats if key == "default" else ARGS.width1_repeats
+        t = interleaved({"tinygnet": tinygnet_train_step(ours, BATCH),
+                         "torch": torch_train_step(theirs, BATCH)}, n)
+        rows.append((f"training step, {config_name(cfg)}, batch {BATCH} ({n} repeats)",
+                     t, BATCH, flops, peak))
+        print(f"  {rows[-1][0]}: tinygnet {t['tinygnet']:.3f} s, torch {t['torch']:.3f} s",
+              flush=True)
+        t = interleaved({"tinygnet": tinygnet_inference(ours, EVAL_BATCH),
+                         "torch": torch_inference(theirs, EVAL_BATCH)}, n)
+        rows.append((f"inference (eval), {config_name(cfg)}, batch {EVAL_BATCH} ({n} repeats)",
+                     t, EVAL_BATCH, None, None))
+        del ours, theirs
+
+    say("### Whole network (images/s, median)")
+    say()
+    say("| case | tinygnet img/s | PyTorch img/s | ratio | tinygnet GFLOP/s (% of GEMM peak) "
+        "| PyTorch GFLOP/s |")
+    say("|---|---:|---:|---:|---:|---:|")
+    for name, t, batch, flops, gemm in rows:
+        a, b = batch / t["tinygnet"], batch / t["torch"]
+        if flops:
+            fa, fb = flops / t["tinygnet"] / 1e9, flops / t["torch"] / 1e9
+            fl = (f"{fa:.1f} ({100 * fa / gemm:.0f}%)", f"{fb:.1f} ({100 * fb / gemm:.0f}%)")
+        else:
+            fl = ("", "")
+        say(f"| {name} | {a:.1f} | {b:.1f} | {a / b:.2f} | {fl[0]} | {fl[1]} |")
+    say()
+
+    say(f"### Single ops, forward + backward (ms, median of {repeats})")
+    say()
+    say("| op | tinygnet ms | PyTorch ms | ratio |")
+    say("|---|---:|---:|---:|")
+    for name, ours, theirs in op_cases(op_batch):
+        t = interleaved({"tinygnet": ours, "torch": theirs}, repeats)
+        a, b = t["tinygnet"] * 1e3, t["torch"] * 1e3
+        say(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+    say()
+
+    if not ARGS.no_rss:
+        say(f"### Peak memory of a training step (batch {BATCH}, fresh process each)")
+        say()
+        say("| config | tinygnet peak RSS MiB (step's growth) | PyTorch peak RSS MiB "
+            "(step's growth) | ratio of growth |")
+        say("|---|---:|---:|---:|")
+        for key, cfg in configs:
+            b0, p0 = peak_rss("tinygnet", cfg)
+            b1, p1 = peak_rss("torch", cfg)
+            say(f"| {config_name(cfg)} | {p0:.0f} ({p0 - b0:.0f}) | {p1:.0f} ({p1 - b1:.0f}) "
+                f"| {(p0 - b0) / (p1 - b1):.2f} |")
+        say()
+    say("Ratios are tinygnet / PyTorch throughput (above 1: tinygnet is faster). "
+        "Growth = peak RSS minus the RSS after building the model and data (the torch process "
+        "also holds the torch library).")
+    say(f"Load average after: {loadavg()}. Command: `python benchmarks/cpu_bench.py "
+        f"--threads {ARGS.threads}{' --quick' if quick else ''}`")
+    if ARGS.out:
+        with open(ARGS.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    if ARGS.rss_child:
+        cfg = dict(DEFAULT)
+        if ARGS.width is not None:
+            cfg.update(width=ARGS.width, stem_stride=ARGS.stem_stride)
+        rss_child(ARGS.rss_child, cfg)
+    else:
+        main()
