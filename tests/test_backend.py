@@ -49,3 +49,22 @@ def test_cuda_error_when_cupy_is_absent(monkeypatch):
     with pytest.raises(RuntimeError, match=r"needs CuPy, which is not installed.*tinygnet\[gpu\]"):
         tg.tensor([1.0], device="cuda")
     assert not tg.is_cuda_available()
+
+
+def test_rng_state_without_a_gpu_stream_has_no_cuda_entries():
+    tg.manual_seed(0)
+    state = backend.get_rng_state()
+    assert state["cuda"] == {}
+    expected = backend.default_generator().random(3)
+    backend.set_rng_state(state)
+    np.testing.assert_array_equal(backend.default_generator().random(3), expected)
+
+
+@pytest.mark.skipif(tg.is_cuda_available(), reason="this machine has a GPU")
+def test_gpu_rng_state_is_dropped_on_a_machine_without_that_gpu():
+    tg.manual_seed(0)
+    state = backend.get_rng_state()
+    expected = backend.default_generator().random(3)
+    state["cuda"] = {0: np.zeros(16, dtype=np.int8)}       # as saved on a GPU machine
+    backend.set_rng_state(state)                            # resumes the host stream exactly
+    np.testing.assert_array_equal(backend.default_generator().random(3), expected)

@@ -7,8 +7,8 @@ import tinygnet as tg
 from tinygnet import gradcheck
 
 
-def t64(rng, *shape):
-    return tg.tensor(rng.standard_normal(shape), requires_grad=True)
+def t64(rng, *shape, device="cpu"):
+    return tg.tensor(rng.standard_normal(shape), requires_grad=True, device=device)
 
 
 # ----------------------------------------------------------------- creation
@@ -66,9 +66,9 @@ def test_info_and_conversions(rng):
     lambda a, b: a / (b * b + 1.0), lambda a, b: -a * 3.0 + 2.0 - b,
     lambda a, b: 1.0 / (a * a + 2.0) + 2.0 * b,
 ])
-def test_binary_ops_with_broadcasting(op, rng):
-    a = t64(rng, 2, 3, 4)
-    b = t64(rng, 3, 1)        # broadcast over the first and last axes
+def test_binary_ops_with_broadcasting(op, rng, device):
+    a = t64(rng, 2, 3, 4, device=device)
+    b = t64(rng, 3, 1, device=device)        # broadcast over the first and last axes
     gradcheck(op, [a, b])
 
 
@@ -77,28 +77,29 @@ def test_shapes_that_do_not_broadcast_are_named(rng):
         t64(rng, 2, 3) + t64(rng, 4)
 
 
-def test_pow_exp_log(rng):
-    x = tg.tensor(rng.uniform(0.5, 2.0, (3, 4)), requires_grad=True)
+def test_pow_exp_log(rng, device):
+    x = tg.tensor(rng.uniform(0.5, 2.0, (3, 4)), requires_grad=True, device=device)
     gradcheck(lambda x: x ** 3 + x ** 0.5 + x.exp() + x.log(), [x])
 
 
-def test_matmul_including_batched(rng):
-    gradcheck(lambda a, b: a @ b, [t64(rng, 3, 4), t64(rng, 4, 5)])
-    gradcheck(lambda a, b: a @ b, [t64(rng, 2, 3, 4), t64(rng, 4, 5)])
+def test_matmul_including_batched(rng, device):
+    gradcheck(lambda a, b: a @ b, [t64(rng, 3, 4, device=device), t64(rng, 4, 5, device=device)])
+    gradcheck(lambda a, b: a @ b, [t64(rng, 2, 3, 4, device=device),
+                                   t64(rng, 4, 5, device=device)])
     with pytest.raises(ValueError, match=r"\(3, 4\) and \(5, 2\)"):
         t64(rng, 3, 4) @ t64(rng, 5, 2)
 
 
-def test_indexing_and_slicing_with_repeated_indices(rng):
-    x = t64(rng, 4, 5)
+def test_indexing_and_slicing_with_repeated_indices(rng, device):
+    x = t64(rng, 4, 5, device=device)
     gradcheck(lambda x: x[1:3, ::2], [x])
     gradcheck(lambda x: x[[0, 0, 2]], [x])                  # row 0 gets two contributions
     gradcheck(lambda x: x[np.array([1, 3]), np.array([0, 4])], [x])
 
 
 @pytest.mark.parametrize("dim,keepdim", [(None, False), (0, False), (1, True), ((0, 2), False), (-1, True)])
-def test_reductions(dim, keepdim, rng):
-    x = t64(rng, 3, 4, 5)
+def test_reductions(dim, keepdim, rng, device):
+    x = t64(rng, 3, 4, 5, device=device)
     gradcheck(lambda x: x.sum(dim, keepdim), [x])
     gradcheck(lambda x: x.mean(dim, keepdim), [x])
     gradcheck(lambda x: x.max(dim, keepdim), [x])          # distinct values: no ties
@@ -110,8 +111,8 @@ def test_max_splits_gradient_between_ties():
     np.testing.assert_allclose(x.grad.numpy(), [0, 0.5, 0.5])
 
 
-def test_shape_ops(rng):
-    x = t64(rng, 2, 3, 4)
+def test_shape_ops(rng, device):
+    x = t64(rng, 2, 3, 4, device=device)
     gradcheck(lambda x: x.reshape(4, 6), [x])
     gradcheck(lambda x: x.reshape(-1), [x])
     gradcheck(lambda x: x.permute(2, 0, 1), [x])
@@ -148,9 +149,9 @@ def test_a_tensor_used_k_times_gets_the_sum_of_k_contributions(k, seed):
     np.testing.assert_allclose(x.grad.numpy(), np.full(3, weights.sum()), rtol=1e-12)
 
 
-def test_fan_out_like_an_inception_module(rng):
+def test_fan_out_like_an_inception_module(rng, device):
     # One input feeding four branches that are then concatenated-by-addition.
-    x = t64(rng, 2, 3)
+    x = t64(rng, 2, 3, device=device)
     gradcheck(lambda x: (x * 2.0) + (x * x) + x.exp() + x.sum(1, keepdim=True), [x])
 
 

@@ -9,7 +9,13 @@ Devices are strings, as in PyTorch: ``"cpu"``, ``"cuda"`` (the current GPU) or
 ``"cuda:N"``.
 
 Random numbers: ``manual_seed(n)`` reseeds every generator tinygnet uses
-(parameter initialisation, dropout, data shuffling and augmentation).
+(parameter initialisation, dropout, data shuffling and augmentation);
+``get_rng_state``/``set_rng_state`` save and restore all of them, the GPU's
+included, so a resumed run draws the same numbers.
+
+GPU memory: CuPy allocates through its memory pool (its default), so the
+arrays of a training step reuse the blocks freed by the step before instead
+of calling cudaMalloc. The kernels of ``tinygnet.cuda`` allocate the same way.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import numpy as np
 __all__ = [
     "get_array_module", "cupy_or_none", "is_cuda_available", "parse_device",
     "device_of", "to_device", "to_numpy", "manual_seed", "default_generator",
-    "generator_for",
+    "generator_for", "get_rng_state", "set_rng_state",
 ]
 
 _cupy = None            # the cupy module once imported, False if unavailable
@@ -154,15 +160,59 @@ def generator_for(xp):
     if device not in _gpu_generators:
         # Derive the GPU stream from the host stream, so one seed fixes both.
         seed = int(_host_generator.integers(0, 2**63 - 1))
-        _gpu_generators[device] = xp.random.default_rng(seed)
-    return _gpu_generators[device]
+        _gpu_generators[device] = _new_gpu_generator(xp, seed)
+    return _gpu_generators[device][0]
+
+
+def _new_gpu_generator(cupy, seed):
+    """(generator, bit generator) on the current GPU: cuRAND XORWOW, CuPy's default."""
+    bits = cupy.random.XORWOW(seed)
+    return cupy.random.Generator(bits), bits
 
 
 def get_rng_state() -> dict:
-    """The host generator's state (for checkpoints that resume exactly)."""
-    return {"host": _host_generator.bit_generator.state}
+    """Every generator's state, for checkpoints that resume exactly.
+
+    ``{"host": the NumPy generator's state, "cuda": {device index: state}}``.
+    A GPU generator's state is its cuRAND state array (CuPy keeps it in
+    ``XORWOW._state``), copied to the host as bytes.
+    """
+    return {"host": _host_generator.bit_generator.state,
+            "cuda": {device: to_numpy(_curand_state(bits)).copy()
+                     for device, (_, bits) in _gpu_generators.items()}}
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what ``get_rng_state`` returned.
+
+    GPU states are restored on the GPUs they came from; on a machine without
+    those GPUs they are dropped (the GPU streams then restart from the host
+    stream, as after ``manual_seed``).
+    """
     _host_generator.bit_generator.state = state["host"]
     _gpu_generators.clear()
+    saved = state.get("cuda") or {}
+    if not saved or not is_cuda_available():
+        return
+    cupy = cupy_or_none()
+    for device, curand_state in saved.items():
+        device = int(device)
+        if device >= cupy.cuda.runtime.getDeviceCount():
+            continue
+        with cupy.cuda.Device(device):
+            generator, bits = _new_gpu_generator(cupy, 0)
+            target = _curand_state(bits)
+            if target.nbytes != curand_state.nbytes:
+                raise ValueError(f"set_rng_state: the saved state of cuda:{device} has "
+                                 f"{curand_state.nbytes} bytes, this CuPy's generator "
+                                 f"{target.nbytes}")
+            target[...] = cupy.asarray(curand_state).view(target.dtype).reshape(target.shape)
+            _gpu_generators[device] = (generator, bits)
+
+
+def _curand_state(bits):
+    state = getattr(bits, "_state", None)
+    if state is None:
+        raise RuntimeError("this CuPy version keeps its generator state elsewhere; "
+                           "tinygnet cannot save the GPU random state")
+    return state

@@ -81,10 +81,11 @@ def check_whole_network(model, x, targets, max_elements, n_directions):
     return len(inputs)
 
 
-def test_whole_network_gradcheck_cifar():
+def test_whole_network_gradcheck_cifar(device):
     start = time.perf_counter()
-    model = tiny_googlenet("cifar", seed=1)
+    model = tiny_googlenet("cifar", seed=1).to(device)
     x, targets = batch("cifar", 2, seed=1)
+    x = tinygnet.tensor(x.numpy(), requires_grad=True, device=device)
     n = check_whole_network(model, x, targets, max_elements=2, n_directions=1)
     assert n == 1 + 3 * 2 + 9 * 12 + 2 * 6 + 2        # input, stem, inceptions, aux heads, fc
     print(f"cifar whole-network gradcheck: {n} tensors in {time.perf_counter() - start:.1f} s")
