@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -24,29 +23,10 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def write_fake_cifar(root, per_batch, seed=0):
-    """The official "python version" layout, with ``per_batch`` random images per batch."""
-    rng = np.random.default_rng(seed)
-    folder = os.path.join(root, "cifar-10-batches-py")
-    os.makedirs(folder)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, per_batch).tolist(),
-                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"filenames": [f"{i}.png".encode() for i in range(per_batch)]}
-        with open(os.path.join(folder, name), "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    with open(os.path.join(folder, "batches.meta"), "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in CLASSES],
-                     b"num_cases_per_batch": per_batch, b"num_vis": 3072}, f, protocol=2)
-    return root
-
-
 @pytest.fixture
-def fake_cifar(tmp_path, monkeypatch):
-    """A data folder with 5 x 64 training and 64 test images (the reader expects 10000 a batch)."""
-    import tinygnet.data.cifar
-    monkeypatch.setattr(tinygnet.data.cifar, "IMAGES_PER_BATCH", 64)
-    return write_fake_cifar(str(tmp_path / "data"), per_batch=64)
+def fake_cifar(make_fake_cifar):
+    """A data folder with 5 x 64 training and 64 test images."""
+    return make_fake_cifar(64)
 
 
 def tiny_config(out, **changes) -> Config:

@@ -9,6 +9,7 @@ import sys
 # subcommand -> (module, what it does). Add a demo by adding a line.
 SUBCOMMANDS = {
     "cifar": ("tinygnet.demo.cifar", "train GoogLeNet on CIFAR-10"),
+    "gradflow": ("tinygnet.demo.gradflow", "aux heads vs vanishing gradients: the 2014 experiment"),
 }
 
 

@@ -55,6 +55,8 @@ from ..data import CIFAR10, DataLoader, DatasetError, resolve_data_root
 from ..models import GoogLeNet, googlenet_loss
 from ..optim import EMA, SGD, Adam, AdamW, CosineAnnealingLR, OneCycleLR, StepLR
 from ..tensor import Tensor, no_grad
+from .common import (UsageError, non_negative_float, number, non_negative_int, positive_float,
+                     positive_int, probability, resolve_device)
 
 PROG = "python -m tinygnet.demo cifar"
 
@@ -140,31 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="where to train: cuda if a GPU is usable with CuPy, else cpu (default: auto)")
-    run.add_argument("--epochs", type=_positive_int, metavar="N",
+    run.add_argument("--epochs", type=positive_int, metavar="N",
                      help="passes over the training set" + _defaults("epochs"))
-    run.add_argument("--batch-size", type=_positive_int, metavar="N",
+    run.add_argument("--batch-size", type=positive_int, metavar="N",
                      help="images per training step" + _defaults("batch_size"))
-    run.add_argument("--seed", type=_non_negative_int, metavar="N",
+    run.add_argument("--seed", type=non_negative_int, metavar="N",
                      help="seed of every random stream (init, shuffling, augmentation, dropout); "
                           "the same seed gives the same run (default: 0)")
     run.add_argument("--quick", action="store_true", default=None,
                      help=f"smoke test in under a minute: {QUICK_OVERRIDES['train_images']} "
                           f"training and {QUICK_OVERRIDES['test_images']} test images, one epoch, "
                           f"width {QUICK_OVERRIDES['width']}; still writes every output")
-    run.add_argument("--train-images", type=_positive_int, metavar="N",
+    run.add_argument("--train-images", type=positive_int, metavar="N",
                      help="train on the first N training images only (default: all 50000)")
-    run.add_argument("--test-images", type=_positive_int, metavar="N",
+    run.add_argument("--test-images", type=positive_int, metavar="N",
                      help="test on the first N test images only (default: all 10000)")
-    run.add_argument("--eval-batch-size", type=_positive_int, metavar="N",
+    run.add_argument("--eval-batch-size", type=positive_int, metavar="N",
                      help="images per step when testing (default: 2 x batch size)")
-    run.add_argument("--log-every", type=_positive_int, metavar="N",
+    run.add_argument("--log-every", type=positive_int, metavar="N",
                      help="steps between progress-bar updates of the losses: each update reads "
                           "values back from the GPU (default: 1 on the CPU, 25 on a GPU)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bar (the per-epoch lines are still printed)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--width", type=_positive_float, metavar="X",
+    model.add_argument("--width", type=positive_float, metavar="X",
                        help="multiplies every channel count; 1 is the paper's GoogLeNet"
                        + _defaults("width"))
     model.add_argument("--stem-stride", type=int, choices=(1, 2),
@@ -175,25 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
                             "faster)" + _defaults("batchnorm"))
     model.add_argument("--no-aux", dest="aux", action="store_false", default=None,
                        help="leave out the two auxiliary classifiers")
-    model.add_argument("--aux-weight", type=_non_negative_float, metavar="X",
+    model.add_argument("--aux-weight", type=non_negative_float, metavar="X",
                        help="weight of each auxiliary loss in the total; the paper's is 0.3"
                        + _defaults("aux_weight"))
-    model.add_argument("--dropout", type=_probability, metavar="P",
+    model.add_argument("--dropout", type=probability, metavar="P",
                        help="dropout before the classifier; the paper's is 0.4" + _defaults("dropout"))
-    model.add_argument("--aux-dropout", type=_probability, metavar="P",
+    model.add_argument("--aux-dropout", type=probability, metavar="P",
                        help="dropout inside the auxiliary heads; the paper's is 0.7"
                        + _defaults("aux_dropout"))
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--optimizer", choices=OPTIMIZERS, help="update rule" + _defaults("optimizer"))
-    optim.add_argument("--lr", type=_positive_float, metavar="X",
+    optim.add_argument("--lr", type=positive_float, metavar="X",
                        help="learning rate: the peak of the one-cycle schedule, else the initial one"
                        + _defaults("lr"))
-    optim.add_argument("--momentum", type=_non_negative_float, metavar="X",
+    optim.add_argument("--momentum", type=non_negative_float, metavar="X",
                        help="SGD momentum" + _defaults("momentum"))
     optim.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                        help="Nesterov momentum for SGD" + _defaults("nesterov"))
-    optim.add_argument("--weight-decay", type=_non_negative_float, metavar="X",
+    optim.add_argument("--weight-decay", type=non_negative_float, metavar="X",
                        help="L2 penalty on conv and linear weights (biases and batch-norm "
                             "parameters are not decayed); decoupled for adamw"
                             + _defaults("weight_decay"))
@@ -201,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning-rate schedule, stepped every iteration: onecycle (warm-up "
                             "then cosine annealing), cosine, paper (x0.96 every 8 epochs), constant"
                             + _defaults("schedule"))
-    optim.add_argument("--label-smoothing", type=_probability, metavar="X",
+    optim.add_argument("--label-smoothing", type=probability, metavar="X",
                        help="label smoothing of the cross-entropy targets"
                        + _defaults("label_smoothing"))
     optim.add_argument("--ema", type=_ema_decay, metavar="DECAY",
@@ -231,42 +233,9 @@ def _defaults(name) -> str:
     return f" (default: {cpu} on the CPU, {gpu} on a GPU)"
 
 
-def _number(kind, test, what):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not test(value):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
-        return value
-    parse.__name__ = what        # argparse names the type in some messages
-    return parse
+_ema_decay = number(float, lambda v: 0 <= v < 1, "in [0, 1) (0: off)")
 
 
-_positive_int = _number(int, lambda v: v > 0, "a positive integer")
-_non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-_positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a number > 0")
-_non_negative_float = _number(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
-_probability = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
-_ema_decay = _number(float, lambda v: 0 <= v < 1, "in [0, 1) (0: off)")
-
-
-class UsageError(Exception):
-    """A bad combination of options: printed without a traceback, exit status 2."""
-
-
-def resolve_device(requested: str) -> str:
-    """"auto" -> "cuda:0" if CuPy sees a GPU, else "cpu"; "cuda" without a GPU is an error."""
-    if requested == "cpu":
-        return "cpu"
-    available = backend.is_cuda_available()
-    if requested == "auto":
-        return "cuda:0" if available else "cpu"
-    if not available:
-        raise UsageError("--device cuda: no usable GPU (CuPy is missing or sees no NVIDIA GPU); "
-                         "use --device cpu")
-    return backend.parse_device(requested)
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
