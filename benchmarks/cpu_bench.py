@@ -65,6 +65,11 @@ ARGS = parse_args() if __name__ == "__main__" else parse_args([])
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
               "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ[_name] = str(ARGS.threads)
+# Both frameworks share this process so that their runs can be interleaved.
+# After a parallel region, torch's OpenMP threads spin for a while by default,
+# taking the cores from the NumPy/OpenBLAS call that runs next (we saw a 3x3
+# conv run 10x slower). PASSIVE makes idle OpenMP threads sleep instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 

@@ -495,7 +495,8 @@ class Trainer:
                 x = Tensor(backend.to_device(images, config.device))   # N x 3 x 32 x 32
                 y = backend.to_device(labels, config.device)           # N
                 outputs = model(x)
-                losses = googlenet_loss(outputs, y, aux_weight=config.aux_weight,
+                # Host labels: cross_entropy checks them on the host, with no GPU sync.
+                losses = googlenet_loss(outputs, labels, aux_weight=config.aux_weight,
                                         label_smoothing=config.label_smoothing)
                 self.optimizer.zero_grad()
                 losses.total.backward()

@@ -146,12 +146,14 @@ def _check_targets(x, targets, reduction, op):
     if tuple(data.shape) != (N,):
         raise ValueError(f"{op}: targets of shape {tuple(data.shape)} do not match logits of "
                          f"shape {(N, K)}; expected targets of shape ({N},)")
-    xp = get_array_module(x.data if isinstance(x, Tensor) else x)
-    data = xp.asarray(data)
     if N > 0:
+        # Checked where the targets live, before any copy: free for host (NumPy)
+        # targets; for GPU targets it reads two numbers back (a sync), so a GPU
+        # training loop that wants no syncs passes its labels from the host.
         low, high = int(data.min()), int(data.max())
         if low < 0 or high >= K:
             bad = low if low < 0 else high
             raise ValueError(f"{op}: target {bad} is out of range for K={K} classes "
                              f"(expected 0 <= target < {K})")
-    return data
+    xp = get_array_module(x.data if isinstance(x, Tensor) else x)
+    return xp.asarray(data)
