@@ -18,6 +18,16 @@ __all__ = ["cross_entropy", "nll_loss"]
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+def _reduce(loss, reduction):
+    """The (N,) per-example losses as "none", or their "mean" or "sum" (a 0-d array)."""
+    xp = get_array_module(loss)
+    if reduction == "mean":
+        return xp.asarray(loss.mean())
+    if reduction == "sum":
+        return xp.asarray(loss.sum())
+    return loss
+
+
 class CrossEntropy(Function):
     """loss_i = -sum_k q_ik log p_ik, with p = softmax(logits) and
     q = (1 - eps) * onehot(target) + eps / K (eps = label_smoothing).
@@ -55,11 +65,7 @@ class CrossEntropy(Function):
             p /= sum_exp[:, None]                            # softmax
             self.p, self.targets, self.rows = p, targets, rows
             self.reduction, self.label_smoothing = reduction, label_smoothing
-        if reduction == "mean":
-            return xp.asarray(loss.mean())
-        if reduction == "sum":
-            return xp.asarray(loss.sum())
-        return loss
+        return _reduce(loss, reduction)
 
     def backward(self, gy):
         if get_array_module(gy) is not np:   # GPU: p - q and the scaling in one pass
@@ -87,11 +93,7 @@ class NLLLoss(Function):
         loss = -x[rows, targets]
         if self.needs_input_grad[0]:
             self.x_shape, self.rows, self.targets, self.reduction = x.shape, rows, targets, reduction
-        if reduction == "mean":
-            return xp.asarray(loss.mean())
-        if reduction == "sum":
-            return xp.asarray(loss.sum())
-        return loss
+        return _reduce(loss, reduction)
 
     def backward(self, gy):
         xp = get_array_module(gy)
