@@ -80,16 +80,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinygnet  # noqa: E402
 import tinygnet.functional as F  # noqa: E402
 from tinygnet.demo.cifar import CPU_DEFAULTS  # noqa: E402
-from tinygnet.models import GoogLeNet, googlenet_loss  # noqa: E402
+from tinygnet.models import GoogLeNet  # noqa: E402
 from tinygnet.nn import Conv2d, Linear  # noqa: E402
-from tinygnet.optim import SGD  # noqa: E402
 from tinygnet.tensor import Tensor, no_grad  # noqa: E402
 
 BATCH = 128                 # training batch (the demo's)
 EVAL_BATCH = 256
-NUM_CLASSES = 10
-SGD_OPTIONS = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-LOSS_OPTIONS = dict(aux_weight=0.3, label_smoothing=0.1)
+from train_steps import NUM_CLASSES, data, tinygnet_train_step, torch_train_step  # noqa: E402
 DEFAULT = dict(width=CPU_DEFAULTS["width"], stem_stride=CPU_DEFAULTS["stem_stride"],
                batchnorm=CPU_DEFAULTS["batchnorm"])
 WIDTH1 = dict(width=1.0, stem_stride=1, batchnorm=CPU_DEFAULTS["batchnorm"])
@@ -103,13 +100,6 @@ def config_name(cfg):
 # ----------------------------------------------------------------------------
 # The two models and their training steps
 # ----------------------------------------------------------------------------
-def data(batch, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, 3, 32, 32), dtype=np.float32)
-    y = rng.integers(0, NUM_CLASSES, batch)
-    return x, y
-
-
 def make_tinygnet(cfg):
     tinygnet.manual_seed(0)
     return GoogLeNet(NUM_CLASSES, "cifar", width=cfg["width"], batchnorm=cfg["batchnorm"],
@@ -117,43 +107,12 @@ def make_tinygnet(cfg):
 
 
 def make_torch(cfg, state_dict):
-    import torch
     import torch_googlenet
     model = torch_googlenet.GoogLeNet(NUM_CLASSES, width=cfg["width"],
                                       batchnorm=cfg["batchnorm"],
                                       stem_stride=cfg["stem_stride"])
     torch_googlenet.load_tinygnet_state_dict(model, state_dict)
     return model
-
-
-def tinygnet_train_step(model, batch):
-    model.train()
-    optimizer = SGD(model.parameters(), **SGD_OPTIONS)
-    x, y = data(batch)
-    x = Tensor(x)
-
-    def step():
-        optimizer.zero_grad()
-        loss = googlenet_loss(model(x), y, **LOSS_OPTIONS).total
-        loss.backward()
-        optimizer.step()
-    return step
-
-
-def torch_train_step(model, batch):
-    import torch
-    import torch_googlenet
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), **SGD_OPTIONS)
-    x, y = data(batch)
-    x, y = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch_googlenet.googlenet_loss(model(x), y, **LOSS_OPTIONS)
-        loss.backward()
-        optimizer.step()
-    return step
 
 
 def tinygnet_inference(model, batch):

@@ -40,13 +40,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinygnet  # noqa: E402
 from tinygnet import backend  # noqa: E402
 from tinygnet.demo.cifar import GPU_DEFAULTS  # noqa: E402
-from tinygnet.models import GoogLeNet, googlenet_loss  # noqa: E402
-from tinygnet.optim import SGD  # noqa: E402
+from tinygnet.models import GoogLeNet  # noqa: E402
 from tinygnet.tensor import Tensor, no_grad  # noqa: E402
 
-NUM_CLASSES = 10
-SGD_OPTIONS = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-LOSS_OPTIONS = dict(aux_weight=0.3, label_smoothing=0.1)
+from train_steps import NUM_CLASSES, data, tinygnet_train_step, torch_train_step  # noqa: E402
 MIB = 2 ** 20
 
 
@@ -64,43 +61,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def data(batch, seed=0):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal((batch, 3, 32, 32), dtype=np.float32),
-            rng.integers(0, NUM_CLASSES, batch))
-
-
 # ----------------------------------------------------------------------------
 # The two training steps (data already on the GPU; no host sync inside)
 # ----------------------------------------------------------------------------
-def tinygnet_step(model, batch):
-    model.train()
-    optimizer = SGD(model.parameters(), **SGD_OPTIONS)
-    x, y = data(batch)
-    x, y = Tensor(backend.to_device(x, "cuda")), backend.to_device(y, "cuda")
-
-    def step():
-        optimizer.zero_grad()
-        googlenet_loss(model(x), y, **LOSS_OPTIONS).total.backward()
-        optimizer.step()
-    return step
-
-
-def torch_step(model, batch):
-    import torch
-    import torch_googlenet
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), **SGD_OPTIONS)
-    x, y = data(batch)
-    x, y = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        torch_googlenet.googlenet_loss(model(x), y, **LOSS_OPTIONS).backward()
-        optimizer.step()
-    return step
-
-
 def synchronized(step, sync):
     def run():
         step()
@@ -143,7 +106,7 @@ def main(argv=None):
              f"{'batch norm' if batchnorm else 'no batch norm'}; CuPy {cupy.__version__}, "
              f"NumPy {np.__version__}"]
 
-    cases = {"tinygnet": synchronized(tinygnet_step(model, args.batch),
+    cases = {"tinygnet": synchronized(tinygnet_train_step(model, args.batch, "cuda"),
                                       cupy.cuda.runtime.deviceSynchronize)}
     reference = None
     if not args.no_torch:
@@ -169,7 +132,8 @@ def main(argv=None):
         error = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
         lines.append(f"same weights, same logits: max relative difference {error:.1e}"
                      f"{'' if error < 1e-3 else '  <-- MISMATCH'}")
-        cases["torch"] = synchronized(torch_step(reference, args.batch), torch.cuda.synchronize)
+        cases["torch"] = synchronized(torch_train_step(reference, args.batch, "cuda"),
+                                      torch.cuda.synchronize)
 
     # Peak memory of tinygnet: the pool's size after steps from an empty pool.
     cupy.cuda.runtime.deviceSynchronize()
