@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import tinygnet
 from tinygnet import nn
 from tinygnet.backend import get_rng_state
 from tinygnet.models import GoogLeNet
