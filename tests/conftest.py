@@ -21,6 +21,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings
 
+import tinygnet.backend  # noqa: E402
+
+# Likewise tinygnet's own CPU threads: one per worker. Tests of the threaded
+# paths ask for more with the ``threads`` fixture.
+tinygnet.backend.set_num_threads(1)
+
 settings.register_profile(
     "ci", max_examples=25, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -28,6 +34,14 @@ settings.register_profile(
     "dev", max_examples=300, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("TINYGNET_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def threads():
+    """A function that sets tinygnet's CPU thread count; the test's end restores it."""
+    before = tinygnet.backend.get_num_threads()
+    yield tinygnet.backend.set_num_threads
+    tinygnet.backend.set_num_threads(before)
 
 
 @pytest.fixture

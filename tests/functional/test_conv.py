@@ -176,3 +176,22 @@ def test_bad_dtypes():
         conv2d(x, tg.tensor(np.zeros((4, 3, 3, 3))))
     with pytest.raises(TypeError, match=r"input is float32 but bias is float64"):
         conv2d(x, w, tg.tensor(np.zeros(4)))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding", [
+    ((8, 12, 16, 16), (10, 12, 3, 3), 1),    # im2col / col2im cut into blocks of channels
+    ((48, 32, 16, 16), (32, 32, 1, 1), 0),   # 1x1: the batch of GEMMs cut into blocks
+])
+def test_threads_give_the_same_convolution(rng, threads, x_shape, w_shape, padding):
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    results = []
+    for n in (1, 3):
+        threads(n)
+        xt, wt, bt = (tg.tensor(a, requires_grad=True) for a in (x, w, b))
+        y = conv2d(xt, wt, bt, padding=padding)
+        y.backward(np.ones(y.shape, np.float32))
+        results.append([y.numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()])
+    for one, three in zip(*results):
+        np.testing.assert_allclose(three, one, rtol=1e-5, atol=1e-4)

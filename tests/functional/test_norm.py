@@ -216,3 +216,24 @@ def test_batch_norm_relu_gradcheck(rng):
     assert y.dtype == np.float32 and (y.numpy() >= 0).all()
     with pytest.raises(ValueError, match=r"batch_norm_relu: .*2 or more dims"):
         batch_norm_relu(tg.tensor(np.ones(3, dtype=np.float32)), None, None, training=True)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_threads_cut_the_channels_without_changing_the_result(rng, threads, training):
+    """15 channels of 16 x 32 x 32 values: 3 chunks of channels on 3 threads, the
+    same outputs, gradients and running statistics as one thread."""
+    x = rng.standard_normal((16, 15, 32, 32)).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for n in (1, 3):
+        threads(n)
+        xt = tg.tensor(x, requires_grad=True)
+        weight = tg.tensor(np.linspace(0.5, 2, 15, dtype=np.float32), requires_grad=True)
+        bias = tg.tensor(np.linspace(-1, 1, 15, dtype=np.float32), requires_grad=True)
+        mean, var = np.full(15, 0.1, np.float32), np.full(15, 2.0, np.float32)
+        y = batch_norm_relu(xt, mean, var, weight, bias, training=training)
+        y.backward(gy)
+        results.append([y.numpy(), xt.grad.numpy(), weight.grad.numpy(), bias.grad.numpy(),
+                        mean, var])
+    for one, three in zip(*results):
+        np.testing.assert_allclose(three, one, rtol=1e-6, atol=1e-6)

@@ -251,3 +251,23 @@ def test_adaptive_bad_arguments():
         adaptive_avg_pool2d(tg.tensor(np.zeros((2, 3), np.float32)), 1)
     with pytest.raises(ValueError, match=r"adaptive_avg_pool2d: output_size must be >= 1"):
         adaptive_avg_pool2d(tg.tensor(np.zeros((1, 1, 2, 2), np.float32)), 0)
+
+
+@pytest.mark.parametrize("pool, options", [
+    (max_pool2d, dict(kernel_size=3, stride=1, padding=1)),
+    (max_pool2d, dict(kernel_size=3, stride=2, ceil_mode=True)),
+    (avg_pool2d, dict(kernel_size=5, stride=3, padding=2, ceil_mode=True)),
+])
+def test_threads_cut_the_planes_without_changing_a_bit(rng, threads, pool, options):
+    """640 planes of 20x20: cut into 3 chunks of planes on 3 threads. Forward and
+    backward must equal the one-thread result exactly (ties included)."""
+    x = rng.integers(0, 4, (16, 40, 20, 20)).astype(np.float32)
+    results = []
+    for n in (1, 3):
+        threads(n)
+        xt = tg.tensor(x, requires_grad=True)
+        y = pool(xt, **options)
+        y.backward(np.arange(y.data.size, dtype=np.float32).reshape(y.shape) % 7)
+        results.append((y.numpy(), xt.grad.numpy()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import get_array_module, parallel_for
 from ..cuda import kernels
 from ..tensor import Function, Tensor
 from ._checks import check_float
@@ -98,6 +98,10 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
 # --------------------------------------------------------------------------
 # Batch normalisation
 # --------------------------------------------------------------------------
+# Channels are cut into chunks for the CPU threads, each with at least this many values.
+_MIN_CHUNK_ELEMENTS = 1 << 16
+
+
 def _per_channel(c_array, ndim):
     """A (C,) array shaped to broadcast against (N, C) or (N, C, H, W)."""
     return c_array.reshape((1, -1) + (1,) * (ndim - 2))
@@ -135,40 +139,58 @@ class BatchNorm(Function):
     y = max(BN(x), 0) is taken in place on BN's fresh output (no second
     array), and backward first masks gy with y > 0 (ReLU's backward, from
     the saved output) and then runs BN's backward on the masked gradient.
+
+    Every channel is normalised on its own, so the channels are cut into
+    chunks that the CPU threads run at once (``backend.parallel_for``).
     """
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps,
                 relu=False):
         xp = get_array_module(x)
-        C = x.shape[1]
+        N, C = x.shape[:2]
         m = x.size // C
         needs_grad = any(self.needs_input_grad)
-        if training:
-            mean = _channel_sum(x) / m
-            xc = x - _per_channel(mean, x.ndim)
-            var = _channel_sum(xc, xc) / m
-            if running_mean is not None:
-                running_mean *= 1 - momentum
-                running_mean += momentum * mean.astype(running_mean.dtype, copy=False)
-            if running_var is not None:
-                running_var *= 1 - momentum
-                running_var += (momentum * m / (m - 1)) * var.astype(running_var.dtype, copy=False)
-        else:
-            mean = running_mean.astype(x.dtype, copy=False)
-            var = running_var.astype(x.dtype, copy=False)
-            xc = None
-        inv_std = 1.0 / xp.sqrt(var + eps)                         # (C,)
-        scale = inv_std if weight is None else weight * inv_std    # (C,)
-        if training:                          # y = xc * scale + bias
-            y = xc * _per_channel(scale, x.ndim)
-            if bias is not None:
-                y += _per_channel(bias, x.ndim)
-        else:                                 # y = x * scale + (bias - mean * scale)
-            shift = -mean * scale if bias is None else bias - mean * scale
-            y = x * _per_channel(scale, x.ndim)
-            y += _per_channel(shift, x.ndim)
-        if relu:
-            xp.maximum(y, 0, out=y)           # y is ours: ReLU in place
+        y = xp.empty_like(x)
+        # xc = x - mean is kept for backward; without a graph it is built in y.
+        xc = (xp.empty_like(x) if needs_grad else y) if training else None
+        inv_std = xp.empty(C, dtype=x.dtype)
+        scale = xp.empty(C, dtype=x.dtype)
+
+        def normalise(c0, c1):     # channels c0..c1
+            xs, ys = x[:, c0:c1], y[:, c0:c1]
+            if training:
+                mean = _channel_sum(xs) / m
+                xcs = xc[:, c0:c1]
+                xp.subtract(xs, _per_channel(mean, x.ndim), out=xcs)
+                var = _channel_sum(xcs, xcs) / m
+                if running_mean is not None:
+                    r = running_mean[c0:c1]
+                    r *= 1 - momentum
+                    r += momentum * mean.astype(r.dtype, copy=False)
+                if running_var is not None:
+                    r = running_var[c0:c1]
+                    r *= 1 - momentum
+                    r += (momentum * m / (m - 1)) * var.astype(r.dtype, copy=False)
+            else:
+                mean = running_mean[c0:c1].astype(x.dtype, copy=False)
+                var = running_var[c0:c1].astype(x.dtype, copy=False)
+            inv_std[c0:c1] = 1.0 / xp.sqrt(var + eps)
+            scale[c0:c1] = inv_std[c0:c1] if weight is None else weight[c0:c1] * inv_std[c0:c1]
+            sc = _per_channel(scale[c0:c1], x.ndim)
+            if training:                      # y = xc * scale + bias
+                xp.multiply(xcs, sc, out=ys)
+                if bias is not None:
+                    ys += _per_channel(bias[c0:c1], x.ndim)
+            else:                             # y = x * scale + (bias - mean * scale)
+                shift = -mean * scale[c0:c1]
+                if bias is not None:
+                    shift += bias[c0:c1]
+                xp.multiply(xs, sc, out=ys)
+                ys += _per_channel(shift, x.ndim)
+            if relu:
+                xp.maximum(ys, 0, out=ys)     # y is ours: ReLU in place
+
+        parallel_for(C, normalise, min_chunk=_MIN_CHUNK_ELEMENTS // m + 1, xp=xp)
         if needs_grad:
             self.training, self.m, self.ndim = training, m, x.ndim
             self.inv_std, self.scale = inv_std, scale
@@ -176,27 +198,44 @@ class BatchNorm(Function):
             if training:
                 self.xc = xc
             elif self.needs_input_grad[1]:                         # gW needs x_hat
-                self.xc = x - _per_channel(mean, x.ndim)
+                self.xc = x - _per_channel(running_mean.astype(x.dtype, copy=False), x.ndim)
         return y
 
     def backward(self, gy):
+        xp = get_array_module(gy)
         need_gx, need_gW, need_gb = self.needs_input_grad[:3]
-        if self.y is not None:
-            gy = gy * (self.y > 0)            # through the fused ReLU first
-        gb = _channel_sum(gy) if (need_gb or (self.training and need_gx)) else None
-        gxc = (_channel_sum(gy, self.xc)
-               if (need_gW or (self.training and need_gx)) else None)  # sum(gy * xc)
-        gW = gxc * self.inv_std if need_gW else None
-        gx = None
-        if need_gx:
+        C = gy.shape[1]
+        need_sums = self.training and need_gx
+        gb = xp.empty(C, dtype=gy.dtype) if (need_gb or need_sums) else None
+        gW = xp.empty(C, dtype=gy.dtype) if need_gW else None
+        gx = xp.empty_like(gy) if need_gx else None
+        per_channel = lambda c_array: _per_channel(c_array, self.ndim)  # noqa: E731
+
+        def backward_channels(c0, c1):
+            g = gy[:, c0:c1]
+            if self.y is not None:
+                g = g * (self.y[:, c0:c1] > 0)   # through the fused ReLU first
+            if gb is not None:
+                gb[c0:c1] = _channel_sum(g)
+            gxc = (_channel_sum(g, self.xc[:, c0:c1])
+                   if (need_gW or need_sums) else None)             # sum(gy * xc)
+            if need_gW:
+                gW[c0:c1] = gxc * self.inv_std[c0:c1]
+            if not need_gx:
+                return
+            gxs, scale = gx[:, c0:c1], self.scale[c0:c1]
             if self.training:
                 # gx = scale * (gy - gb/m - xc * inv_std^2 * gxc/m), built in one buffer
-                gx = self.xc * _per_channel(-self.inv_std * self.inv_std * gxc / self.m, self.ndim)
-                gx += gy
-                gx += _per_channel(-gb / self.m, self.ndim)
-                gx *= _per_channel(self.scale, self.ndim)
+                inv_std = self.inv_std[c0:c1]
+                xp.multiply(self.xc[:, c0:c1], per_channel(-inv_std * inv_std * gxc / self.m),
+                            out=gxs)
+                gxs += g
+                gxs += per_channel(-gb[c0:c1] / self.m)
+                gxs *= per_channel(scale)
             else:
-                gx = gy * _per_channel(self.scale, self.ndim)
+                xp.multiply(g, per_channel(scale), out=gxs)
+
+        parallel_for(C, backward_channels, min_chunk=_MIN_CHUNK_ELEMENTS // self.m + 1, xp=xp)
         return gx, gW, (gb if need_gb else None)
 
 

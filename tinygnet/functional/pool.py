@@ -10,10 +10,20 @@ and the left padding ((OH - 1)*SH >= H + PH). A ceil_mode window may hang
 past the padded input: those positions hold -inf for max (they never win)
 and 0 for average (the divisor leaves them out).
 
-Both pools loop over the offsets of the window, never over pixels: tap k
-of every window at once is a strided view such as x_pad[:, :, :, k::SW]
-cut to OW columns. And both are separable (a window is KH rows of KW
-columns), so they pool along W, then along H: KH + KW passes, not KH*KW.
+Both pools loop over the offsets of the window, never over pixels, and
+both are separable (a window is KH rows of KW columns): they pool along W,
+then along H, KW + KH passes, not KH*KW. Each pass runs on the padded input
+as ONE flat array, every (HP, WP) plane after the other:
+
+    r[j] = max over kw of flat[SW*j + kw]      j: (plane, row, column // SW)
+    y[q] = max over kh of r[q + kh*R]          R = WP // SW values per row
+
+so that tap k of every window at once is the flat array shifted by k (or
+by k rows), a view. Windows that start near a row's or plane's end mix in
+the next row: their results are garbage and cropped away (every SH-th row,
+the first OW columns). What it buys is long loops: NumPy runs a strided
+4-D view as one inner loop per row, W elements long (8 at GoogLeNet's 8x8
+stages), and each pass over the flat array is about twice as fast.
 
 Max pooling's backward sends each gy to its window's winner. The forward
 records the winner as a one-byte tap number kh * KW + kw; backward turns it
@@ -24,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import get_array_module, parallel_for
 from ..cuda import kernels
 from ..tensor import Function
 from ._checks import check_float, check_ndim, pair
@@ -42,72 +52,95 @@ def pool_output_size(size, kernel, stride, padding, ceil_mode):
     return out
 
 
-def _pad_for_windows(x, PH, PW, OH, OW, KH, KW, SH, SW, value):
-    """x padded by PH, PW, plus whatever the ceil_mode windows hang past the bottom/right."""
-    xp = get_array_module(x)
-    H, W = x.shape[2:]
-    extra_h = max(0, (OH - 1) * SH + KH - (H + 2 * PH))
-    extra_w = max(0, (OW - 1) * SW + KW - (W + 2 * PW))
-    if PH == PW == extra_h == extra_w == 0:
-        return x
-    # Fill, then copy x in: about twice as fast as xp.pad, which is general-purpose.
-    N, C = x.shape[:2]
-    x_pad = xp.full((N, C, H + 2 * PH + extra_h, W + 2 * PW + extra_w), value, dtype=x.dtype)
-    x_pad[:, :, PH:PH + H, PW:PW + W] = x
-    return x_pad
+# Work below about this many input elements runs as one chunk, on one thread.
+_MIN_CHUNK_ELEMENTS = 1 << 16
 
 
-def _tap(a, axis, k, S, O):
-    """Tap k of all O windows along ``axis`` (2: rows, 3: columns), a strided view:
-    the elements a[..., k + S*o, ...] for o = 0 .. O-1."""
-    index = [slice(None)] * 4
-    index[axis] = slice(k, k + S * (O - 1) + 1, S)
-    return a[tuple(index)]
+def _flat_padded(planes, PH, PW, OH, OW, KH, KW, SH, SW, value):
+    """Planes (P, H, W) padded for the windows, one after the other in one flat array.
 
-
-def _max_along(a, axis, K, S, O, with_argmax, inner_argmax=None, inner_K=1):
-    """Max over K taps along ``axis`` and (if asked) which tap won, as a small int.
-
-    The first of equal maxima wins, as in PyTorch. When ``a`` is itself a max
-    along W whose winners are ``inner_argmax`` (out of ``inner_K``), the winner
-    is reported as the window's tap k * inner_K + inner winner.
+    Returns (flat, HP, WP). The padded planes are (HP, WP): the input, PH/PW
+    of ``value`` on each side, and whatever ceil_mode windows hang past the
+    bottom/right; WP is rounded up to a multiple of SW, so that stepping SW
+    elements at a time walks whole rows. A tail of ``value`` follows the last
+    plane: the shifted views of the passes below read into it.
     """
-    xp = get_array_module(a)
-    m = _tap(a, axis, 0, S, O).copy()
+    xp = get_array_module(planes)
+    HP, WP = _padded_size(planes.shape[1:], PH, PW, OH, OW, KH, KW, SH, SW)
+    P, H, W = planes.shape
+    size = P * HP * WP
+    flat = xp.full(size + (KH - 1) * WP + KW, value, dtype=planes.dtype)
+    flat[:size].reshape(P, HP, WP)[:, PH:PH + H, PW:PW + W] = planes
+    return flat, HP, WP
+
+
+def _padded_size(input_size, PH, PW, OH, OW, KH, KW, SH, SW):
+    H, W = input_size
+    HP = max(H + 2 * PH, (OH - 1) * SH + KH)
+    WP = max(W + 2 * PW, (OW - 1) * SW + KW)
+    return HP, WP + (-WP % SW)
+
+
+def _taps(a, starts, step, length):
+    """Tap k of ``length`` windows is the strided view a[starts[k] :: step], ``length`` long."""
+    return [a[s:s + step * (length - 1) + 1:step] for s in starts]
+
+
+def _grid(planes, HP, WP, KH, SW):
+    """Sizes of the two passes' grids. The row pass (along W) gives R = WP // SW
+    values per padded row; the column pass needs KH - 1 rows of them past the
+    last plane (its shifted views read there), so the row pass makes L + (KH - 1)*R."""
+    R = WP // SW
+    L = planes * HP * R
+    return R, L, L + (KH - 1) * R
+
+
+def _crop(grid, out, HP, R, SH):
+    """Write the outputs (P, OH, OW) from the column pass's grid into ``out``:
+    every SH-th row, the first OW columns."""
+    P, OH, OW = out.shape
+    out[...] = grid.reshape(P, HP, R)[:, :SH * (OH - 1) + 1:SH, :OW]
+
+
+def _max_of(taps, argmax_dtype=None, inner_argmax_taps=None, inner_K=1):
+    """Elementwise max over the taps and, if ``argmax_dtype`` is given, which tap won.
+
+    The first of equal maxima wins, as in PyTorch. When the taps are
+    themselves maxima whose winners are ``inner_argmax_taps`` (out of
+    ``inner_K``), the winner is reported as k * inner_K + inner winner.
+    """
+    xp = get_array_module(taps[0])
+    m = taps[0].copy()
     argmax = None
-    if with_argmax:
-        dtype = np.min_scalar_type(K * inner_K - 1)
-        argmax = (xp.zeros(m.shape, dtype=dtype) if inner_argmax is None
-                  else _tap(inner_argmax, axis, 0, S, O).astype(dtype))
-    for k in range(1, K):
-        candidate = _tap(a, axis, k, S, O)
-        if with_argmax:
+    if argmax_dtype is not None:
+        argmax = (xp.zeros(m.shape, dtype=argmax_dtype) if inner_argmax_taps is None
+                  else inner_argmax_taps[0].astype(argmax_dtype))
+    for k in range(1, len(taps)):
+        candidate = taps[k]
+        if argmax is not None:
             # Only a strictly greater value takes over (ties keep the earlier tap), and
             # taps only grow with k, so the winner is a running maximum of
             # tap * (candidate > m): cheaper than where/copyto.
             tap = argmax.dtype.type(k * inner_K)
-            if inner_argmax is not None:
-                tap = _tap(inner_argmax, axis, k, S, O) + tap
+            if inner_argmax_taps is not None:
+                tap = inner_argmax_taps[k] + tap
             xp.maximum(argmax, (candidate > m) * tap, out=argmax)
         xp.maximum(m, candidate, out=m)
     return m, argmax
 
 
-def _sum_along(a, axis, K, S, O):
-    s = _tap(a, axis, 0, S, O).copy()
-    for k in range(1, K):
-        s += _tap(a, axis, k, S, O)
+def _sum_of(taps):
+    s = taps[0].copy()
+    for tap in taps[1:]:
+        s += tap
     return s
 
 
-def _scatter_along(g, axis, K, S, O, in_shape):
-    """The adjoint of _sum_along: send g back to every tap."""
-    xp = get_array_module(g)
-    g_in = xp.zeros(in_shape, dtype=g.dtype)
-    for k in range(K):
-        view = _tap(g_in, axis, k, S, O)
-        view += g                                            # overlapping windows add up
-    return g_in
+def _add_to_taps(g, out, starts, step):
+    """The adjoint of _sum_of: add g to every tap of ``out`` (overlapping windows add up)."""
+    for view in _taps(out, starts, step, g.size):
+        view += g
+    return out
 
 
 class MaxPool2d(Function):
@@ -130,35 +163,58 @@ class MaxPool2d(Function):
             if need_grad:
                 self.argmax, self.geometry = argmax, (x.shape, None, KH, KW, SH, SW, PH, PW, OH, OW)
             return y
-        x_pad = _pad_for_windows(x, PH, PW, OH, OW, KH, KW, SH, SW, value=-xp.inf)
-        r, argmax_w = _max_along(x_pad, 3, KW, SW, OW, need_grad)   # (N, C, H + pad, OW)
-        y, tap = _max_along(r, 2, KH, SH, OH, need_grad, argmax_w, KW)  # (N, C, OH, OW)
+        planes = x.reshape(N * C, H, W)
+        y = xp.empty((N * C, OH, OW), dtype=x.dtype)
+        tap_dtype = np.min_scalar_type(KH * KW - 1) if need_grad else None
+        tap = xp.empty((N * C, OH, OW), dtype=tap_dtype) if need_grad else None
+
+        def pool(start, stop):   # planes start..stop (module docstring)
+            flat, HP, WP = _flat_padded(planes[start:stop], PH, PW, OH, OW, KH, KW, SH, SW,
+                                        value=-np.inf)
+            R, L, L_rows = _grid(stop - start, HP, WP, KH, SW)
+            # r[j] = max of flat[SW*j + kw]; then y[q] = max of r[q + kh*R]
+            r, argmax_w = _max_of(_taps(flat, range(KW), SW, L_rows), tap_dtype)
+            row_starts = range(0, KH * R, R)
+            y_grid, tap_grid = _max_of(_taps(r, row_starts, 1, L), tap_dtype,
+                                       _taps(argmax_w, row_starts, 1, L) if need_grad else None, KW)
+            _crop(y_grid, y[start:stop], HP, R, SH)
+            if need_grad:   # the winner, kh * KW + kw: a byte per output
+                _crop(tap_grid, tap[start:stop], HP, R, SH)
+
+        parallel_for(N * C, pool, min_chunk=_MIN_CHUNK_ELEMENTS // (H * W) + 1)
         if need_grad:
-            self.tap = tap                    # the winner, kh * KW + kw, one byte per output
-            self.geometry = (x.shape, x_pad.shape, KH, KW, SH, SW, PH, PW, OH, OW)
-        return y
+            self.tap = tap
+            pad_shape = _padded_size((H, W), PH, PW, OH, OW, KH, KW, SH, SW)
+            self.geometry = (x.shape, pad_shape, KH, KW, SH, SW, PH, PW, OH, OW)
+        return y.reshape(N, C, OH, OW)
 
     def backward(self, gy):
         x_shape, pad_shape, KH, KW, SH, SW, PH, PW, OH, OW = self.geometry
         if get_array_module(gy) is not np:   # GPU: a thread per input pixel gathers its gy
             return kernels.max_pool2d_backward(gy, self.argmax, x_shape, KH, KW, SH, SW, PH, PW,
                                                OH, OW)
-        xp = get_array_module(gy)
         N, C, H, W = x_shape
-        HP, WP = pad_shape[2:]
-        # Flat index in x_pad of each output's winner: the offset of its tap in the
-        # window (tap kh * KW + kw is kh rows and kw columns in), plus where the window
-        # starts: plane, row, column (int32 while x_pad is small enough: half the bytes).
+        HP, WP = pad_shape
+        gx_pad = np.zeros((N * C, HP * WP), dtype=gy.dtype)
+        gy = gy.reshape(N * C, OH, OW)
+        # Flat index in the padded planes of each output's winner: the offset of its
+        # tap in the window (tap kh * KW + kw is kh rows and kw columns in), plus where
+        # the window starts: plane, row, column (int32 while the planes are small
+        # enough: half the bytes).
         index = np.int32 if N * C * HP * WP < 2 ** 31 else np.int64
-        offsets = xp.asarray([kh * WP + kw for kh in range(KH) for kw in range(KW)], dtype=index)
-        winner = offsets[self.tap].reshape(N * C, OH, OW)
-        winner += xp.arange(0, N * C * HP * WP, HP * WP, dtype=index).reshape(-1, 1, 1)
-        winner += xp.arange(0, SH * OH * WP, SH * WP, dtype=index).reshape(-1, 1)
-        winner += xp.arange(0, SW * OW, SW, dtype=index)
-        # One scatter-add: overlapping windows (stride < kernel) may share a winner.
-        gx_pad = xp.zeros(N * C * HP * WP, dtype=gy.dtype)
-        xp.add.at(gx_pad, winner.reshape(-1), gy.reshape(-1))
-        return gx_pad.reshape(pad_shape)[:, :, PH:PH + H, PW:PW + W]
+        offsets = np.asarray([kh * WP + kw for kh in range(KH) for kw in range(KW)], dtype=index)
+
+        def scatter(start, stop):
+            winner = np.take(offsets, self.tap[start:stop])
+            winner += np.arange(0, (stop - start) * HP * WP, HP * WP, dtype=index).reshape(-1, 1, 1)
+            winner += np.arange(0, SH * OH * WP, SH * WP, dtype=index).reshape(-1, 1)
+            winner += np.arange(0, SW * OW, SW, dtype=index)
+            # One scatter-add: overlapping windows (stride < kernel) may share a winner.
+            np.add.at(gx_pad[start:stop].reshape(-1), winner.reshape(-1),
+                      gy[start:stop].reshape(-1))
+
+        parallel_for(N * C, scatter, min_chunk=_MIN_CHUNK_ELEMENTS // (H * W) + 1)
+        return gx_pad.reshape(N, C, HP, WP)[:, :, PH:PH + H, PW:PW + W]
 
 
 class AvgPool2d(Function):
@@ -170,25 +226,46 @@ class AvgPool2d(Function):
         N, C, H, W = x.shape
         OH = pool_output_size(H, KH, SH, PH, ceil_mode)
         OW = pool_output_size(W, KW, SW, PW, ceil_mode)
-        x_pad = _pad_for_windows(x, PH, PW, OH, OW, KH, KW, SH, SW, value=0)
-        r = _sum_along(x_pad, 3, KW, SW, OW)                      # (N, C, H + pad, OW)
-        y = _sum_along(r, 2, KH, SH, OH)                          # (N, C, OH, OW)
+        planes = x.reshape(N * C, H, W)
+        y = xp.empty((N * C, OH, OW), dtype=x.dtype)
+
+        def pool(start, stop):   # planes start..stop: window sums (module docstring)
+            flat, HP, WP = _flat_padded(planes[start:stop], PH, PW, OH, OW, KH, KW, SH, SW,
+                                        value=0)
+            R, L, L_rows = _grid(stop - start, HP, WP, KH, SW)
+            r = _sum_of(_taps(flat, range(KW), SW, L_rows))              # row sums
+            _crop(_sum_of(_taps(r, range(0, KH * R, R), 1, L)), y[start:stop], HP, R, SH)
+
+        parallel_for(N * C, pool, min_chunk=_MIN_CHUNK_ELEMENTS // (H * W) + 1, xp=xp)
         rows = _divisors(H, KH, SH, PH, OH, count_include_pad)
         cols = _divisors(W, KW, SW, PW, OW, count_include_pad)
         divisor = xp.asarray(np.outer(rows, cols), dtype=x.dtype)  # (OH, OW)
         y /= divisor
         if self.needs_input_grad[0]:
             self.divisor = divisor
-            self.geometry = (x.shape, x_pad.shape, r.shape, KH, KW, SH, SW, PH, PW, OH, OW)
-        return y
+            self.geometry = (x.shape, KH, KW, SH, SW, PH, PW, OH, OW)
+        return y.reshape(N, C, OH, OW)
 
     def backward(self, gy):
-        x_shape, pad_shape, r_shape, KH, KW, SH, SW, PH, PW, OH, OW = self.geometry
-        H, W = x_shape[2:]
-        g = gy / self.divisor                 # what each position of a window receives
-        gr = _scatter_along(g, 2, KH, SH, OH, r_shape)
-        gx_pad = _scatter_along(gr, 3, KW, SW, OW, pad_shape)
-        return gx_pad[:, :, PH:PH + H, PW:PW + W]
+        x_shape, KH, KW, SH, SW, PH, PW, OH, OW = self.geometry
+        xp = get_array_module(gy)
+        N, C, H, W = x_shape
+        HP, WP = _padded_size((H, W), PH, PW, OH, OW, KH, KW, SH, SW)
+        g = (gy / self.divisor).reshape(N * C, OH, OW)   # what each position of a window gets
+        gx_pad = xp.empty((N * C, HP, WP), dtype=gy.dtype)
+
+        def scatter(start, stop):   # the adjoint of forward's two passes, in reverse
+            P = stop - start
+            R, L, L_rows = _grid(P, HP, WP, KH, SW)
+            g_grid = xp.zeros(L, dtype=gy.dtype)
+            g_grid.reshape(P, HP, R)[:, :SH * (OH - 1) + 1:SH, :OW] = g[start:stop]
+            g_rows = _add_to_taps(g_grid, xp.zeros(L_rows, dtype=gy.dtype), range(0, KH * R, R), 1)
+            g_flat = _add_to_taps(g_rows, xp.zeros(P * HP * WP + (KH - 1) * WP + KW,
+                                                   dtype=gy.dtype), range(KW), SW)
+            gx_pad[start:stop] = g_flat[:P * HP * WP].reshape(P, HP, WP)
+
+        parallel_for(N * C, scatter, min_chunk=_MIN_CHUNK_ELEMENTS // (H * W) + 1, xp=xp)
+        return gx_pad.reshape(N, C, HP, WP)[:, :, PH:PH + H, PW:PW + W]
 
 
 def _divisors(size, kernel, stride, padding, out, count_include_pad):
