@@ -141,12 +141,22 @@ def test_set_num_threads_rejects_bad_counts(bad, threads):
     ((64, 20, 30), (64, 30, 40)),   # batched: split over the batch
     ((20, 30), (64, 30, 40)),       # a 2-D weight times a batch (1x1 convolution)
 ])
-def test_parallel_matmul_equals_matmul(rng, threads, a_shape, b_shape):
+def test_parallel_matmul_equals_matmul(rng, threads, a_shape, b_shape, monkeypatch):
     threads(3)
+    monkeypatch.setattr(backend, "_MIN_CHUNK_FLOPS", 1)      # cut even small products
+    cuts = []
+    parallel_for = backend.parallel_for
+
+    def recording_parallel_for(total, body, min_chunk=1):
+        cuts.append(min(3, total // min_chunk))         # how many blocks it makes
+        parallel_for(total, body, min_chunk)
+
+    monkeypatch.setattr(backend, "parallel_for", recording_parallel_for)
     a = rng.standard_normal(a_shape).astype(np.float32)
     b = rng.standard_normal(b_shape).astype(np.float32)
     expected = np.matmul(a, b)
     np.testing.assert_allclose(backend.parallel_matmul(a, b), expected, rtol=1e-5, atol=1e-4)
+    assert cuts == [3], "the product was not cut into blocks"
     # the same operands as transposed views of other arrays, as conv's backward passes them
     a_t = np.ascontiguousarray(np.swapaxes(a, -1, -2)).swapaxes(-1, -2)
     b_t = np.ascontiguousarray(np.swapaxes(b, -1, -2)).swapaxes(-1, -2)

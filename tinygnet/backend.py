@@ -148,12 +148,12 @@ def to_numpy(array) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
-# CPU threads for elementwise work (BLAS keeps its own pool for matmul).
+# CPU threads: blocks of an op's work run at once; BLAS kept to one thread.
 # --------------------------------------------------------------------------
 _num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
     os.cpu_count() or 1)
 _executor = None        # the worker threads, made on first use
-_MIN_CHUNK_FLOPS = 1 << 21   # a matmul block smaller than this is not worth a thread
+_MIN_CHUNK_FLOPS = 1 << 24   # a matmul block smaller than this is not worth a thread
 _in_worker = threading.local()   # set inside a chunk: a nested parallel_for runs inline
 
 

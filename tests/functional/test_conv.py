@@ -179,10 +179,16 @@ def test_bad_dtypes():
 
 
 @pytest.mark.parametrize("x_shape, w_shape, padding", [
-    ((8, 12, 16, 16), (10, 12, 3, 3), 1),    # im2col / col2im cut into blocks of channels
-    ((48, 32, 16, 16), (32, 32, 1, 1), 0),   # 1x1: the batch of GEMMs cut into blocks
+    ((4, 6, 9, 8), (5, 6, 3, 3), 1),       # im2col / col2im cut into blocks of channels
+    ((6, 7, 5, 4), (5, 7, 1, 1), 0),       # 1x1: the batch of GEMMs cut into blocks
 ])
-def test_threads_give_the_same_convolution(rng, threads, x_shape, w_shape, padding):
+def test_threads_give_the_same_convolution(rng, threads, x_shape, w_shape, padding,
+                                           monkeypatch):
+    """3 threads against 1, the size thresholds lowered so that small work is cut too."""
+    import tinygnet.functional.conv as conv_module
+    from tinygnet import backend
+    monkeypatch.setattr(conv_module, "_MIN_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(backend, "_MIN_CHUNK_FLOPS", 1)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32)

@@ -40,9 +40,10 @@ from ._checks import check_float, check_ndim, pair
 
 __all__ = ["Conv2d", "conv2d"]
 
-# The copies of im2col and col2im are cut into chunks for the CPU threads,
-# each with at least this many elements.
-_MIN_CHUNK_ELEMENTS = 1 << 16
+# The copies of im2col and col2im are cut into blocks of channels for the CPU
+# threads, each with at least this many elements (smaller work is not worth the
+# hand-off; see pool.py).
+_MIN_CHUNK_ELEMENTS = 1 << 18
 
 
 def _windows(x_pad, KH, KW, SH, SW, OH, OW):

@@ -29,6 +29,10 @@ Max pooling's backward sends each gy to its window's winner. The forward
 records the winner as a one-byte tap number kh * KW + kw; backward turns it
 into a flat index and scatter-adds gy there in one ``ufunc.at`` call (which
 sums the gradients of overlapping windows that share a winner).
+
+Planes are independent, so on the CPU both pools cut them into blocks that
+tinygnet's threads run at once (``backend.parallel_for``), each block with
+its own flat array.
 """
 from __future__ import annotations
 
@@ -52,8 +56,12 @@ def pool_output_size(size, kernel, stride, padding, ceil_mode):
     return out
 
 
-# Work below about this many input elements runs as one chunk, on one thread.
-_MIN_CHUNK_ELEMENTS = 1 << 16
+# Fewer input elements than this per block run as one block, on this thread: a
+# hand-off to another thread costs about 0.1 to 0.5 ms here (a wake-up, then the
+# GIL passed back and forth between NumPy calls). Thresholds of this module,
+# conv's, batch norm's and backend's matmul were tuned together on GoogLeNet's
+# training step at the demo's width.
+_MIN_CHUNK_ELEMENTS = 1 << 17
 
 
 def _flat_padded(planes, PH, PW, OH, OW, KH, KW, SH, SW, value):
