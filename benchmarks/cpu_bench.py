@@ -14,9 +14,9 @@ What is measured (cifar config, 3 x 32 x 32 images, 10 classes):
 
 Fair play: both sides get the same weights (tinygnet's state_dict copied into
 the PyTorch model of ``torch_googlenet.py``; the logits are checked to agree
-before anything is timed), the same data, the same thread count (BLAS and
-OpenMP pools are sized through environment variables before NumPy and torch
-are imported, and ``torch.set_num_threads``), warm-up runs, then repeats
+before anything is timed), the same data, the same thread count (``tinygnet.set_num_threads`` and
+``torch.set_num_threads``; BLAS and OpenMP pools are sized through environment
+variables before NumPy and torch are imported), warm-up runs, then repeats
 interleaved (tinygnet, torch, tinygnet, ...) so that a change in machine load
 hits both, and medians. Ratios are throughputs, tinygnet / PyTorch (above 1:
 tinygnet is faster). Peak memory is the resident-set high-water mark of a
@@ -79,6 +79,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tinygnet  # noqa: E402
 import tinygnet.functional as F  # noqa: E402
+
+# tinygnet's own CPU threads (elementwise passes and blocks of each matmul; it then
+# keeps NumPy's OpenBLAS to one thread), as many as torch gets.
+tinygnet.set_num_threads(ARGS.threads)
 from tinygnet.demo.cifar import CPU_DEFAULTS  # noqa: E402
 from tinygnet.models import GoogLeNet  # noqa: E402
 from tinygnet.nn import Conv2d, Linear  # noqa: E402
@@ -351,8 +355,8 @@ def machine_info():
             f"Python {platform.python_version()}, NumPy {np.__version__} ({blas}), "
             f"torch {torch.__version__} "
             f"(MKL-DNN {'on' if torch.backends.mkldnn.enabled else 'off'})",
-            f"threads: {ARGS.threads} (OMP/OPENBLAS/MKL_NUM_THREADS, torch.set_num_threads), "
-            f"torch sees {torch.get_num_threads()}"]
+            f"threads: {ARGS.threads} (tinygnet.set_num_threads, torch.set_num_threads, "
+            f"OMP/OPENBLAS/MKL_NUM_THREADS), torch sees {torch.get_num_threads()}"]
 
 
 def loadavg():
