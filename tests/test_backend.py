@@ -177,3 +177,25 @@ def test_tinygnet_threads_keep_blas_to_one_thread_and_give_it_back(threads):
     assert getter() == 1
     threads(1)
     assert getter() == 2
+
+
+def test_workspace_reuses_one_buffer_per_name_and_thread():
+    import threading
+    a = backend.workspace("test.a", (4, 5), np.float32)
+    assert a.shape == (4, 5) and a.dtype == np.float32 and a.flags.c_contiguous
+    again = backend.workspace("test.a", (2, 3), np.float64)         # smaller: same memory
+    assert np.shares_memory(a, again)
+    other = backend.workspace("test.b", (4, 5), np.float32)         # another name: its own
+    assert not np.shares_memory(a, other)
+    bigger = backend.workspace("test.a", (100, 100), np.float32)    # grown: new memory
+    assert bigger.shape == (100, 100)
+    assert np.shares_memory(bigger, backend.workspace("test.a", (100, 100), np.float32))
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(
+        backend.workspace("test.a", (100, 100), np.float32)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(bigger, seen[0])                    # per thread
+    backend.release_workspaces()
+    assert not np.shares_memory(bigger, backend.workspace("test.a", (100, 100), np.float32))
+    backend.release_workspaces()

@@ -46,6 +46,7 @@ __all__ = [
     "device_of", "to_device", "to_numpy", "manual_seed", "default_generator",
     "generator_for", "get_rng_state", "set_rng_state",
     "get_num_threads", "set_num_threads", "parallel_for", "parallel_matmul",
+    "workspace", "release_workspaces",
 ]
 
 _cupy = None            # the cupy module once imported, False if unavailable
@@ -254,8 +255,9 @@ def parallel_for(total: int, body, min_chunk: int = 1, xp=np) -> None:
         future.result()
 
 
-def parallel_matmul(a, b):
-    """``a @ b`` (NumPy's matmul, 2-D or batched 3-D) on the CPU threads.
+def parallel_matmul(a, b, out=None):
+    """``a @ b`` (NumPy's matmul, 2-D or batched 3-D) on the CPU threads,
+    into ``out`` if given (for instance a ``workspace`` array).
 
     The product is cut into independent blocks, one per thread, each an
     ordinary BLAS call writing its own part of the result: the batch of a
@@ -264,10 +266,11 @@ def parallel_matmul(a, b):
     """
     xp = get_array_module(a, b)
     if xp is not np or _num_threads == 1 or not _blas_single_threaded():
-        return xp.matmul(a, b)     # (a BLAS we cannot keep to one thread: it splits the work)
+        return xp.matmul(a, b, out=out)   # (a BLAS we cannot keep to one thread splits the work)
     M, K, L = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    out = np.empty(batch + (M, L), dtype=np.result_type(a, b))
+    if out is None:
+        out = np.empty(batch + (M, L), dtype=np.result_type(a, b))
     flops = 2 * M * K * L
     if len(batch) == 1 and batch[0] >= _num_threads:
         def block(i0, i1):
@@ -284,6 +287,40 @@ def parallel_matmul(a, b):
         total, flops_per_item = M, flops // M * max(1, int(np.prod(batch)))
     parallel_for(total, block, min_chunk=_MIN_CHUNK_FLOPS // max(1, flops_per_item) + 1)
     return out
+
+
+# --------------------------------------------------------------------------
+# Workspaces: scratch arrays reused from call to call (CPU).
+# --------------------------------------------------------------------------
+_workspaces = threading.local()
+
+
+def workspace(name: str, shape, dtype) -> np.ndarray:
+    """A host scratch array of ``shape`` and ``dtype`` for an op's temporaries,
+    the same memory on every call (its contents are whatever was left there).
+
+    Why: a fresh array of many megabytes costs a page fault for every page
+    the first time it is written, and glibc hands big blocks back to the OS
+    when they are freed, so every im2col of a training step would fault its
+    (C*KH*KW, N*OH*OW) columns in again. On this project's VM that doubled
+    the time of a width-1 convolution's backward. One buffer per ``name``
+    and thread, grown as needed and kept: the caller must be done with the
+    array before it asks for the same name again. ``release_workspaces()``
+    frees them (the next call allocates again).
+    """
+    buffers = _workspaces.__dict__.setdefault("buffers", {})
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buffer = buffers.get(name)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffers.pop(name, None)          # free the old one before allocating a bigger one
+        buffer = buffers[name] = np.empty(max(nbytes, 1), dtype=np.uint8)
+    return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+def release_workspaces() -> None:
+    """Free this thread's workspaces (as ``torch.cuda.empty_cache`` frees cached blocks)."""
+    _workspaces.__dict__.pop("buffers", None)
 
 
 # --------------------------------------------------------------------------

@@ -27,13 +27,16 @@ Two layouts of cols, by kernel size:
 
 On the CPU the GEMMs run on tinygnet's threads (``backend.parallel_matmul``)
 and the copies of im2col and col2im too, each thread taking a block of
-channels (``backend.parallel_for``).
+channels (``backend.parallel_for``). The big temporaries (cols, the padded
+input, gcols, the transposed y and gy) live in workspaces that every call
+reuses (``backend.workspace``): fresh arrays that size cost a page fault per
+page, which made a width-1 training step about 10% slower.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module, parallel_for, parallel_matmul
+from ..backend import get_array_module, parallel_for, parallel_matmul, workspace
 from ..cuda import kernels
 from ..tensor import Function
 from ._checks import check_float, check_ndim, pair
@@ -60,54 +63,54 @@ def _windows(x_pad, KH, KW, SH, SW, OH, OW):
 def _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW):
     """cols (C*KH*KW, N*OH*OW), all images side by side:
     cols[(c, kh, kw), (n, oh, ow)] = x_pad[n, c, oh*SH + kh, ow*SW + kw].
-    Channels are independent rows of cols: the CPU threads copy a block each."""
-    xp = get_array_module(x)
+    Channels are independent rows of cols: the CPU threads copy a block each.
+    cols is a workspace (``backend.workspace``): valid until the next im2col."""
     N, C, H, W = x.shape
-    x_pad = xp.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=x.dtype) if (PH or PW) else x
-    cols = xp.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
+    x_pad = workspace("conv.x_pad", (N, C, H + 2 * PH, W + 2 * PW), x.dtype) if (PH or PW) else x
+    cols = workspace("conv.cols", (C, KH, KW, N, OH, OW), x.dtype)
 
     def copy(c0, c1):
-        if PH or PW:   # zeros, then x copied in: about twice as fast as xp.pad
+        if PH or PW:   # zeros, then x copied in: about twice as fast as np.pad
+            x_pad[:, c0:c1] = 0
             x_pad[:, c0:c1, PH:PH + H, PW:PW + W] = x[:, c0:c1]
         windows = _windows(x_pad[:, c0:c1], KH, KW, SH, SW, OH, OW)    # N, c, KH, KW, OH, OW
         cols[c0:c1] = windows.transpose(1, 2, 3, 0, 4, 5)
 
-    parallel_for(C, copy, min_chunk=_MIN_CHUNK_ELEMENTS // (N * OH * OW * KH * KW) + 1, xp=xp)
+    parallel_for(C, copy, min_chunk=_MIN_CHUNK_ELEMENTS // (N * OH * OW * KH * KW) + 1)
     return cols.reshape(C * KH * KW, N * OH * OW)
 
 
 def _col2im_batch(gcols, x_shape, KH, KW, SH, SW, PH, PW, OH, OW):
     """The adjoint of _im2col_batch: gx (N, C, H, W) from gcols (C*KH*KW, N*OH*OW)."""
-    xp = get_array_module(gcols)
     N, C, H, W = x_shape
     gcols = gcols.reshape(C, KH, KW, N, OH, OW)
     # Accumulate in gcols' own (C, N, ...) order (long runs in memory), then one
     # transposing copy to NCHW; each thread takes a block of channels.
-    gx_pad = xp.zeros((C, N, H + 2 * PH, W + 2 * PW), dtype=gcols.dtype)
-    gx = xp.empty(x_shape, dtype=gcols.dtype)
+    gx_pad = workspace("conv.gx_pad", (C, N, H + 2 * PH, W + 2 * PW), gcols.dtype)
+    gx = np.empty(x_shape, dtype=gcols.dtype)
 
     def add_patches(c0, c1):
+        gx_pad[c0:c1] = 0
         for kh in range(KH):        # one strided add per kernel offset; overlaps add up
             for kw in range(KW):
                 gx_pad[c0:c1, :, kh:kh + SH * OH:SH, kw:kw + SW * OW:SW] += gcols[c0:c1, kh, kw]
         gx[:, c0:c1] = gx_pad[c0:c1, :, PH:PH + H, PW:PW + W].transpose(1, 0, 2, 3)
 
-    parallel_for(C, add_patches, min_chunk=_MIN_CHUNK_ELEMENTS // (N * OH * OW * KH * KW) + 1,
-                 xp=xp)
+    parallel_for(C, add_patches, min_chunk=_MIN_CHUNK_ELEMENTS // (N * OH * OW * KH * KW) + 1)
     return gx
 
 
-def _swap_leading_axes(a):
-    """(A, B, L) -> (B, A, L) as a new contiguous array: (O, N, ...) <-> (N, O, ...).
-    Each thread copies a block of the new leading axis."""
-    xp = get_array_module(a)
+def _swap_leading_axes(a, out=None):
+    """(A, B, L) -> (B, A, L) as a contiguous array (into ``out`` if given):
+    (O, N, ...) <-> (N, O, ...). Each thread copies a block of the new leading axis."""
     A, B, L = a.shape
-    out = xp.empty((B, A, L), dtype=a.dtype)
+    if out is None:
+        out = np.empty((B, A, L), dtype=a.dtype)
 
     def copy(b0, b1):
         out[b0:b1] = a[:, b0:b1].transpose(1, 0, 2)
 
-    parallel_for(B, copy, min_chunk=_MIN_CHUNK_ELEMENTS // (A * L) + 1, xp=xp)
+    parallel_for(B, copy, min_chunk=_MIN_CHUNK_ELEMENTS // (A * L) + 1)
     return out
 
 
@@ -126,8 +129,9 @@ class Conv2d(Function):
         self.one_gemm = xp is np and (KH, KW, SH, SW, PH, PW) != (1, 1, 1, 1, 0, 0)
         if self.one_gemm:
             cols = _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW)  # (C*KH*KW, N*OH*OW)
-            y = parallel_matmul(W.reshape(O, -1), cols)              # (O, N*OH*OW)
-            y = _swap_leading_axes(y.reshape(O, N, OH * OW))             # (N, O, OH*OW)
+            y = parallel_matmul(W.reshape(O, -1), cols,
+                                out=workspace("conv.y", (O, N * OH * OW), x.dtype))
+            y = _swap_leading_axes(y.reshape(O, N, OH * OW))         # (N, O, OH*OW), new
         else:
             cols = self._im2col(x, KH, KW, SH, SW, PH, PW, OH, OW)  # (N, C*KH*KW, OH*OW)
             y = parallel_matmul(W.reshape(O, -1), cols)              # (N, O, OH*OW)
@@ -164,12 +168,15 @@ class Conv2d(Function):
         gx = gW = gb = None
         if self.one_gemm:
             gb = gy.sum(axis=(0, 2)) if need_gb else None
-            gy = _swap_leading_axes(gy).reshape(O, -1)                       # (O, N*OH*OW)
+            gy = _swap_leading_axes(gy, out=workspace("conv.gy", (O, N, OH * OW), gy.dtype))
+            gy = gy.reshape(O, -1)                                   # (O, N*OH*OW)
             if need_gW:
                 cols = _im2col_batch(self.x, KH, KW, SH, SW, PH, PW, OH, OW)
                 gW = parallel_matmul(gy, cols.T).reshape(O, -1, KH, KW)
             if need_gx:
-                gcols = parallel_matmul(self.W.reshape(O, -1).T, gy)  # (C*KH*KW, N*OH*OW)
+                W2 = self.W.reshape(O, -1)                           # (O, C*KH*KW)
+                gcols = parallel_matmul(W2.T, gy, out=workspace(      # (C*KH*KW, N*OH*OW)
+                    "conv.gcols", (W2.shape[1], gy.shape[1]), gy.dtype))
                 gx = _col2im_batch(gcols, self.x_shape, KH, KW, SH, SW, PH, PW, OH, OW)
             return gx, gW, gb
         if need_gW:
