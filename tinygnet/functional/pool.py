@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module, parallel_for, workspace
+from ..backend import get_array_module, parallel_for
 from ..cuda import kernels
 from ..tensor import Function
 from ._checks import check_float, check_ndim, pair
@@ -71,17 +71,13 @@ def _flat_padded(planes, PH, PW, OH, OW, KH, KW, SH, SW, value):
     of ``value`` on each side, and whatever ceil_mode windows hang past the
     bottom/right; WP is rounded up to a multiple of SW, so that stepping SW
     elements at a time walks whole rows. A tail of ``value`` follows the last
-    plane: the shifted views of the passes below read into it. On the CPU
-    the flat array is a workspace (this thread's, until its next pooling).
+    plane: the shifted views of the passes below read into it.
     """
     xp = get_array_module(planes)
     HP, WP = _padded_size(planes.shape[1:], PH, PW, OH, OW, KH, KW, SH, SW)
     P, H, W = planes.shape
     size = P * HP * WP
-    length = size + (KH - 1) * WP + KW
-    flat = workspace("pool.flat", length, planes.dtype) if xp is np else xp.empty(
-        length, dtype=planes.dtype)
-    flat.fill(value)
+    flat = xp.full(size + (KH - 1) * WP + KW, value, dtype=planes.dtype)
     flat[:size].reshape(P, HP, WP)[:, PH:PH + H, PW:PW + W] = planes
     return flat, HP, WP
 
@@ -114,22 +110,19 @@ def _crop(grid, out, HP, R, SH):
     out[...] = grid.reshape(P, HP, R)[:, :SH * (OH - 1) + 1:SH, :OW]
 
 
-def _max_of(taps, name, argmax_dtype=None, inner_argmax_taps=None, inner_K=1):
-    """Elementwise max over the taps and, if ``argmax_dtype`` is given, which tap won
-    (CPU; both results are workspaces called ``name``, valid until the next call).
+def _max_of(taps, argmax_dtype=None, inner_argmax_taps=None, inner_K=1):
+    """Elementwise max over the taps and, if ``argmax_dtype`` is given, which tap won.
 
     The first of equal maxima wins, as in PyTorch. When the taps are
     themselves maxima whose winners are ``inner_argmax_taps`` (out of
     ``inner_K``), the winner is reported as k * inner_K + inner winner.
     """
-    m = workspace(name, taps[0].shape, taps[0].dtype)
-    np.copyto(m, taps[0])
+    xp = get_array_module(taps[0])
+    m = taps[0].copy()
     argmax = None
     if argmax_dtype is not None:
-        argmax = workspace(name + ".argmax", m.shape, argmax_dtype)
-        argmax[...] = 0 if inner_argmax_taps is None else inner_argmax_taps[0]
-        greater = workspace("pool.greater", m.shape, bool)
-        candidate_tap = workspace("pool.candidate_tap", m.shape, argmax_dtype)
+        argmax = (xp.zeros(m.shape, dtype=argmax_dtype) if inner_argmax_taps is None
+                  else inner_argmax_taps[0].astype(argmax_dtype))
     for k in range(1, len(taps)):
         candidate = taps[k]
         if argmax is not None:
@@ -137,14 +130,10 @@ def _max_of(taps, name, argmax_dtype=None, inner_argmax_taps=None, inner_K=1):
             # taps only grow with k, so the winner is a running maximum of
             # tap * (candidate > m): cheaper than where/copyto.
             tap = argmax.dtype.type(k * inner_K)
-            np.greater(candidate, m, out=greater)
-            if inner_argmax_taps is None:
-                np.multiply(greater, tap, out=candidate_tap)
-            else:
-                np.add(inner_argmax_taps[k], tap, out=candidate_tap)
-                candidate_tap *= greater
-            np.maximum(argmax, candidate_tap, out=argmax)
-        np.maximum(m, candidate, out=m)
+            if inner_argmax_taps is not None:
+                tap = inner_argmax_taps[k] + tap
+            xp.maximum(argmax, (candidate > m) * tap, out=argmax)
+        xp.maximum(m, candidate, out=m)
     return m, argmax
 
 
@@ -192,9 +181,9 @@ class MaxPool2d(Function):
                                         value=-np.inf)
             R, L, L_rows = _grid(stop - start, HP, WP, KH, SW)
             # r[j] = max of flat[SW*j + kw]; then y[q] = max of r[q + kh*R]
-            r, argmax_w = _max_of(_taps(flat, range(KW), SW, L_rows), "pool.rows", tap_dtype)
+            r, argmax_w = _max_of(_taps(flat, range(KW), SW, L_rows), tap_dtype)
             row_starts = range(0, KH * R, R)
-            y_grid, tap_grid = _max_of(_taps(r, row_starts, 1, L), "pool.grid", tap_dtype,
+            y_grid, tap_grid = _max_of(_taps(r, row_starts, 1, L), tap_dtype,
                                        _taps(argmax_w, row_starts, 1, L) if need_grad else None, KW)
             _crop(y_grid, y[start:stop], HP, R, SH)
             if need_grad:   # the winner, kh * KW + kw: a byte per output
@@ -224,8 +213,7 @@ class MaxPool2d(Function):
         offsets = np.asarray([kh * WP + kw for kh in range(KH) for kw in range(KW)], dtype=index)
 
         def scatter(start, stop):
-            winner = workspace("pool.winner", (stop - start, OH, OW), index)
-            np.take(offsets, self.tap[start:stop], out=winner)
+            winner = np.take(offsets, self.tap[start:stop])
             winner += np.arange(0, (stop - start) * HP * WP, HP * WP, dtype=index).reshape(-1, 1, 1)
             winner += np.arange(0, SH * OH * WP, SH * WP, dtype=index).reshape(-1, 1)
             winner += np.arange(0, SW * OW, SW, dtype=index)
