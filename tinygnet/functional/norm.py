@@ -150,7 +150,7 @@ class BatchNorm(Function):
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps,
                 relu=False):
         xp = get_array_module(x)
-        N, C = x.shape[:2]
+        C = x.shape[1]
         m = x.size // C
         needs_grad = any(self.needs_input_grad)
         y = xp.empty_like(x)
@@ -212,7 +212,9 @@ class BatchNorm(Function):
         gb = xp.empty(C, dtype=gy.dtype) if (need_gb or need_sums) else None
         gW = xp.empty(C, dtype=gy.dtype) if need_gW else None
         gx = xp.empty_like(gy) if need_gx else None
-        per_channel = lambda c_array: _per_channel(c_array, self.ndim)  # noqa: E731
+
+        def per_channel(c_array):
+            return _per_channel(c_array, self.ndim)
 
         def backward_channels(c0, c1):
             g = gy[:, c0:c1]
