@@ -241,3 +241,28 @@ def test_threads_cut_the_channels_without_changing_the_result(rng, threads, trai
                         mean, var])
     for one, three in zip(*results):
         np.testing.assert_allclose(three, one, rtol=1e-6, atol=1e-6)
+
+
+def test_the_path_cupy_arrays_take_computes_the_same(rng, monkeypatch):
+    """For CuPy arrays parallel_for runs the whole range as one chunk. No GPU here: a
+    stand-in array module that is not NumPy (but delegates to it) takes that path."""
+    import types
+    import tinygnet.functional.norm as norm_module
+    x = rng.standard_normal((4, 6, 5, 5))
+    gy = rng.standard_normal(x.shape)
+    results = []
+    for stand_in in (False, True):
+        if stand_in:
+            not_numpy = types.SimpleNamespace(**{name: getattr(np, name) for name in dir(np)
+                                                 if not name.startswith("__")})
+            monkeypatch.setattr(norm_module, "get_array_module", lambda *arrays: not_numpy)
+        for training in (True, False):
+            xt = tg.tensor(x, requires_grad=True)
+            weight = tg.tensor(np.linspace(0.5, 2, 6), requires_grad=True)
+            mean, var = np.full(6, 0.1), np.full(6, 2.0)
+            y = batch_norm_relu(xt, mean, var, weight, None, training=training)
+            y.backward(gy)
+            results.append([y.numpy(), xt.grad.numpy(), weight.grad.numpy(), mean, var])
+    for numpy_path, stand_in_path in zip(results[:2], results[2:]):
+        for a, b in zip(numpy_path, stand_in_path):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
