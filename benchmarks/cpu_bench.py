@@ -90,7 +90,8 @@ from tinygnet.tensor import Tensor, no_grad  # noqa: E402
 
 BATCH = 128                 # training batch (the demo's)
 EVAL_BATCH = 256
-from train_steps import NUM_CLASSES, data, tinygnet_train_step, torch_train_step  # noqa: E402
+from train_steps import (NUM_CLASSES, data, interleaved, tinygnet_train_step,  # noqa: E402
+                         torch_train_step)
 DEFAULT = dict(width=CPU_DEFAULTS["width"], stem_stride=CPU_DEFAULTS["stem_stride"],
                batchnorm=CPU_DEFAULTS["batchnorm"])
 WIDTH1 = dict(width=1.0, stem_stride=1, batchnorm=CPU_DEFAULTS["batchnorm"])
@@ -167,18 +168,9 @@ def training_flops(model, batch):
 # ----------------------------------------------------------------------------
 # Timing
 # ----------------------------------------------------------------------------
-def interleaved(cases: dict, repeats: int, warmup: int = 1) -> dict:
-    """{name: fn} -> {name: median seconds}; repeats interleaved across the cases."""
-    for fn in cases.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+def median_times(cases: dict, repeats: int, warmup: int = 1) -> dict:
+    """{name: fn} -> {name: median seconds}, repeats interleaved across the cases."""
+    return {name: float(np.median(t)) for name, t in interleaved(cases, repeats, warmup).items()}
 
 
 def gemm_peak(repeats=5, n=2048):
@@ -400,13 +392,13 @@ def main():
         theirs = make_torch(cfg, ours.state_dict())
         flops = training_flops(ours, BATCH)
         n = repeats if key == "default" else ARGS.width1_repeats
-        t = interleaved({"tinygnet": tinygnet_train_step(ours, BATCH),
+        t = median_times({"tinygnet": tinygnet_train_step(ours, BATCH),
                          "torch": torch_train_step(theirs, BATCH)}, n)
         rows.append((f"training step, {config_name(cfg)}, batch {BATCH} ({n} repeats)",
                      t, BATCH, flops, peak))
         print(f"  {rows[-1][0]}: tinygnet {t['tinygnet']:.3f} s, torch {t['torch']:.3f} s",
               flush=True)
-        t = interleaved({"tinygnet": tinygnet_inference(ours, EVAL_BATCH),
+        t = median_times({"tinygnet": tinygnet_inference(ours, EVAL_BATCH),
                          "torch": torch_inference(theirs, EVAL_BATCH)}, n)
         rows.append((f"inference (eval), {config_name(cfg)}, batch {EVAL_BATCH} ({n} repeats)",
                      t, EVAL_BATCH, None, None))
@@ -432,7 +424,7 @@ def main():
     say("| op | tinygnet ms | PyTorch ms | ratio |")
     say("|---|---:|---:|---:|")
     for name, ours, theirs in op_cases(op_batch):
-        t = interleaved({"tinygnet": ours, "torch": theirs}, repeats)
+        t = median_times({"tinygnet": ours, "torch": theirs}, repeats)
         a, b = t["tinygnet"] * 1e3, t["torch"] * 1e3
         say(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
     say()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -43,7 +42,8 @@ from tinygnet.demo.cifar import GPU_DEFAULTS  # noqa: E402
 from tinygnet.models import GoogLeNet  # noqa: E402
 from tinygnet.tensor import Tensor, no_grad  # noqa: E402
 
-from train_steps import NUM_CLASSES, data, tinygnet_train_step, torch_train_step  # noqa: E402
+from train_steps import (NUM_CLASSES, data, interleaved, tinygnet_train_step,  # noqa: E402
+                         torch_train_step)
 MIB = 2 ** 20
 
 
@@ -69,20 +69,6 @@ def synchronized(step, sync):
         step()
         sync()
     return run
-
-
-def interleaved(cases: dict, repeats: int, warmup: int) -> dict:
-    """{name: fn} -> {name: sorted list of seconds}; repeats interleaved across the cases."""
-    for fn in cases.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: sorted(t) for name, t in times.items()}
 
 
 # ----------------------------------------------------------------------------

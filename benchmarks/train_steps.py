@@ -1,9 +1,12 @@
-"""The training step both benchmarks time, for tinygnet and for the PyTorch port.
+"""The training step both benchmarks time, for tinygnet and for the PyTorch port,
+and the interleaved timing loop they share.
 
 One step: forward, the combined loss (main + 0.3 * aux, label smoothing 0.1),
 backward and an SGD update (momentum, Nesterov, weight decay), on a fixed
 random batch already on ``device``. Import after the thread pools are sized.
 """
+import time
+
 import numpy as np
 
 from tinygnet import backend
@@ -49,3 +52,18 @@ def torch_train_step(model, batch, device="cpu"):
         torch_googlenet.googlenet_loss(model(x), y, **LOSS_OPTIONS).backward()
         optimizer.step()
     return step
+
+
+def interleaved(cases: dict, repeats: int, warmup: int = 1) -> dict:
+    """{name: fn} -> {name: sorted list of seconds}. Repeats are interleaved across
+    the cases (a, b, a, b, ...) so that a change in machine load hits them all."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t) for name, t in times.items()}
