@@ -243,19 +243,17 @@ def test_threads_cut_the_channels_without_changing_the_result(rng, threads, trai
         np.testing.assert_allclose(three, one, rtol=1e-6, atol=1e-6)
 
 
-def test_the_path_cupy_arrays_take_computes_the_same(rng, monkeypatch):
-    """For CuPy arrays parallel_for runs the whole range as one chunk. No GPU here: a
-    stand-in array module that is not NumPy (but delegates to it) takes that path."""
-    import types
+def test_the_path_cupy_arrays_take_computes_the_same(rng, monkeypatch, stand_in_array_module):
+    """For CuPy arrays parallel_for runs the whole range as one chunk; a stand-in
+    array module takes that path here."""
     import tinygnet.functional.norm as norm_module
     x = rng.standard_normal((4, 6, 5, 5))
     gy = rng.standard_normal(x.shape)
     results = []
     for stand_in in (False, True):
         if stand_in:
-            not_numpy = types.SimpleNamespace(**{name: getattr(np, name) for name in dir(np)
-                                                 if not name.startswith("__")})
-            monkeypatch.setattr(norm_module, "get_array_module", lambda *arrays: not_numpy)
+            monkeypatch.setattr(norm_module, "get_array_module",
+                                lambda *arrays: stand_in_array_module)
         for training in (True, False):
             xt = tg.tensor(x, requires_grad=True)
             weight = tg.tensor(np.linspace(0.5, 2, 6), requires_grad=True)

@@ -277,18 +277,17 @@ def test_threads_cut_the_planes_without_changing_a_bit(rng, threads, pool, optio
     np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
-def test_avg_pool_on_the_path_cupy_arrays_take_computes_the_same(rng, monkeypatch):
-    """avg_pool2d has no GPU kernel: for CuPy arrays it runs the same passes as one chunk.
-    No GPU here: a stand-in array module that is not NumPy (but delegates to it)."""
-    import types
+def test_avg_pool_on_the_path_cupy_arrays_take_computes_the_same(rng, monkeypatch,
+                                                                  stand_in_array_module):
+    """avg_pool2d has no GPU kernel: for CuPy arrays it runs the same passes as one
+    chunk; a stand-in array module takes that path here."""
     import tinygnet.functional.pool as pool_module
     x = rng.standard_normal((2, 3, 7, 6))
     results = []
     for stand_in in (False, True):
         if stand_in:
-            not_numpy = types.SimpleNamespace(**{name: getattr(np, name) for name in dir(np)
-                                                 if not name.startswith("__")})
-            monkeypatch.setattr(pool_module, "get_array_module", lambda *arrays: not_numpy)
+            monkeypatch.setattr(pool_module, "get_array_module",
+                                lambda *arrays: stand_in_array_module)
         xt = tg.tensor(x, requires_grad=True)
         y = avg_pool2d(xt, 3, 2, 1, ceil_mode=True)
         y.backward(np.arange(y.data.size, dtype=np.float64).reshape(y.shape))
