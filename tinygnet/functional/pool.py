@@ -270,6 +270,8 @@ class AvgPool2d(Function):
             g_rows = _add_to_taps(g_grid, xp.zeros(L_rows, dtype=gy.dtype), range(0, KH * R, R), 1)
             g_flat = _add_to_taps(g_rows, xp.zeros(P * HP * WP + (KH - 1) * WP + KW,
                                                    dtype=gy.dtype), range(KW), SW)
+            # Copied out rather than accumulated in gx_pad itself: g_flat's tail runs into
+            # the next block's planes, which another thread is writing.
             gx_pad[start:stop] = g_flat[:P * HP * WP].reshape(P, HP, WP)
 
         parallel_for(N * C, scatter, min_chunk=_MIN_CHUNK_ELEMENTS // (H * W) + 1, xp=xp)
