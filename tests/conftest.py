@@ -21,11 +21,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings
 
-import tinygnet.backend  # noqa: E402
+import tinygnet  # noqa: E402
 
 # Likewise tinygnet's own CPU threads: one per worker. Tests of the threaded
 # paths ask for more with the ``threads`` fixture.
-tinygnet.backend.set_num_threads(1)
+tinygnet.set_num_threads(1)
 
 settings.register_profile(
     "ci", max_examples=25, deadline=None, derandomize=True,
@@ -39,18 +39,9 @@ settings.load_profile(os.environ.get("TINYGNET_HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture
 def threads():
     """A function that sets tinygnet's CPU thread count; the test's end restores it."""
-    before = tinygnet.backend.get_num_threads()
-    yield tinygnet.backend.set_num_threads
-    tinygnet.backend.set_num_threads(before)
-
-
-@pytest.fixture
-def stand_in_array_module():
-    """An array module that is not NumPy but does what NumPy does: code that asks
-    ``xp is np`` takes the path it takes for CuPy arrays, with no GPU needed."""
-    import types
-    return types.SimpleNamespace(**{name: getattr(np, name) for name in dir(np)
-                                    if not name.startswith("__")})
+    before = tinygnet.get_num_threads()
+    yield tinygnet.set_num_threads
+    tinygnet.set_num_threads(before)
 
 
 @pytest.fixture

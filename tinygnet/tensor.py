@@ -14,7 +14,7 @@ How an op is written (see ``functional/`` for many more)::
 
     class Exp(Function):
         def forward(self, x):             # arrays in, array out
-            y = xp_of(x).exp(x)
+            y = get_array_module(x).exp(x)
             self.y = y                    # keep only what backward needs
             return y
 
@@ -22,6 +22,10 @@ How an op is written (see ``functional/`` for many more)::
             return gy * self.y
 
     def exp(x): return Exp.apply(x)
+
+``Function.apply`` runs the op's reference implementation (the class itself)
+unless a fast path is registered for the device and turned on
+(``tinygnet/dispatch.py``).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ import threading
 
 import numpy as np
 
-from . import backend
+from . import backend, dispatch
 from .backend import get_array_module
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad",
@@ -86,10 +90,12 @@ class Function:
     @classmethod
     def apply(cls, *args, **options):
         """Run forward on Tensors and, if gradients are needed, record the node."""
-        fn = cls()
         tensors = [a for a in args if isinstance(a, Tensor)]
         _check_same_device(cls.__name__, tensors)
         arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        # The one dispatch point: a fast path registered for this op on this device,
+        # if fast paths are on (tinygnet/dispatch.py); otherwise cls, the reference.
+        fn = dispatch.implementation(cls, arrays)()
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         record = is_grad_enabled() and any(needs)
         # Outside a graph nothing needs a gradient, so ops save nothing.
@@ -333,9 +339,6 @@ class Tensor:
     def exp(self): return Exp.apply(self)
     def log(self): return Log.apply(self)
     def sqrt(self): return self ** 0.5
-    def relu(self):
-        from .functional.activation import relu
-        return relu(self)
 
 
 def tensor(data, requires_grad=False, dtype=None, device="cpu") -> Tensor:

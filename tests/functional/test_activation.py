@@ -50,11 +50,6 @@ def test_relu_gradient_is_mask(rng):
     np.testing.assert_array_equal(x.grad.numpy(), np.where(x.numpy() > 0, gy, 0.0))
 
 
-def test_tensor_relu_method(rng):
-    x = tg.tensor(rng.standard_normal((2, 3)).astype(np.float32))
-    np.testing.assert_array_equal(x.relu().numpy(), relu(x).numpy())
-
-
 # -------------------------------------------------------------------- softmax
 @pytest.mark.parametrize("dim", [0, 1, 2, -1])
 def test_softmax_and_log_softmax_forward(rng, dim):

@@ -176,28 +176,3 @@ def test_bad_dtypes():
         conv2d(x, tg.tensor(np.zeros((4, 3, 3, 3))))
     with pytest.raises(TypeError, match=r"input is float32 but bias is float64"):
         conv2d(x, w, tg.tensor(np.zeros(4)))
-
-
-@pytest.mark.parametrize("x_shape, w_shape, padding", [
-    ((4, 6, 9, 8), (5, 6, 3, 3), 1),       # im2col / col2im cut into blocks of channels
-    ((6, 7, 5, 4), (5, 7, 1, 1), 0),       # 1x1: the batch of GEMMs cut into blocks
-])
-def test_threads_give_the_same_convolution(rng, threads, x_shape, w_shape, padding,
-                                           monkeypatch):
-    """3 threads against 1, the size thresholds lowered so that small work is cut too."""
-    import tinygnet.functional.conv as conv_module
-    from tinygnet import backend
-    monkeypatch.setattr(conv_module, "_MIN_CHUNK_ELEMENTS", 1)
-    monkeypatch.setattr(backend, "_MIN_CHUNK_FLOPS", 1)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    w = rng.standard_normal(w_shape).astype(np.float32)
-    b = rng.standard_normal(w_shape[0]).astype(np.float32)
-    results = []
-    for n in (1, 3):
-        threads(n)
-        xt, wt, bt = (tg.tensor(a, requires_grad=True) for a in (x, w, b))
-        y = conv2d(xt, wt, bt, padding=padding)
-        y.backward(np.ones(y.shape, np.float32))
-        results.append([y.numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()])
-    for one, three in zip(*results):
-        np.testing.assert_allclose(three, one, rtol=1e-5, atol=1e-4)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module, parallel_for
-from ..cuda import kernels
+from ..backend import get_array_module
 from ..tensor import Function, Tensor
 from ._checks import check_float
 
@@ -49,34 +48,19 @@ class LocalResponseNorm(Function):
     """
 
     def forward(self, x, size, alpha, beta, k):
-        xp = get_array_module(x)
-        if xp is not np:   # GPU: one kernel; backward recomputes S^(-beta) from S
-            y, scale = kernels.lrn_forward(x, size, alpha, beta, k)
-            if self.needs_input_grad[0]:
-                self.x, self.scale, self.size, self.alpha, self.beta = x, scale, size, alpha, beta
-            return y
         before, after = size // 2, (size - 1) // 2
-        scale = _window_sum(x * x, before, after)   # S, built in place
-        scale *= alpha / size
-        scale += k
-        scale_pow = xp.power(scale, -beta)          # S^(-beta)
+        scale = k + alpha / size * _window_sum(x * x, before, after)    # S
+        scale_pow = scale ** -beta                                       # S^(-beta)
         if self.needs_input_grad[0]:
             self.x, self.scale, self.scale_pow = x, scale, scale_pow
             self.size, self.alpha, self.beta = size, alpha, beta
         return x * scale_pow
 
     def backward(self, gy):
-        if get_array_module(gy) is not np:
-            return kernels.lrn_backward(self.x, self.scale, gy, self.size, self.alpha, self.beta)
         before, after = self.size // 2, (self.size - 1) // 2
-        t = gy * self.x
-        t *= self.scale_pow
-        t /= self.scale                              # gy_c x_c S_c^(-beta-1)
-        t = _window_sum(t, after, before)            # the mirrored window
-        t *= self.x
-        t *= -2.0 * self.alpha * self.beta / self.size
-        t += gy * self.scale_pow
-        return t
+        t = gy * self.x * self.scale_pow / self.scale                   # gy_c x_c S_c^(-beta-1)
+        t = _window_sum(t, after, before)                                # the mirrored window
+        return gy * self.scale_pow - 2.0 * self.alpha * self.beta / self.size * self.x * t
 
 
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
@@ -98,150 +82,85 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
 # --------------------------------------------------------------------------
 # Batch normalisation
 # --------------------------------------------------------------------------
-# Channels are cut into blocks for the CPU threads, each with at least this many
-# values. Batch norm's passes are quick (einsum sums, one multiply-add), so the
-# hand-off to a thread pays only on big inputs: at the demo's width (under 1M
-# values per layer) two threads were no faster, at width 1 (8M to 25M) they are.
-_MIN_CHUNK_ELEMENTS = 1 << 22
-
-
 def _per_channel(c_array, ndim):
     """A (C,) array shaped to broadcast against (N, C) or (N, C, H, W)."""
     return c_array.reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def _channel_sum(a, b=None):
-    """sum over every axis but 1 of ``a`` (or of ``a * b``, without forming it): (C,).
-
-    ``einsum`` reduces in one pass with no temporary, several times faster
-    than ``(a * b).sum(axis=(0, 2, 3))`` on the CPU.
-    """
-    a3 = a.reshape(a.shape[0], a.shape[1], -1)        # (N, C, H*W), a view
-    xp = get_array_module(a)
-    if b is None:
-        return xp.einsum("ncl->c", a3)
-    return xp.einsum("ncl,ncl->c", a3, b.reshape(a3.shape))
-
-
 class BatchNorm(Function):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel.
 
-    Training: mean and var (biased) are the batch's, over the m = N*H*W values
-    of each channel; the running estimates are updated in place with the
-    unbiased var * m/(m-1). Evaluation: the running estimates are used.
+    Training: mean and var (biased) are the batch's, over the m = N*H*W
+    values of each channel; the running estimates are updated in place with
+    the unbiased var * m/(m-1). Evaluation: the running estimates are used.
 
-    Backward in training mode, with xc = x - mean, inv_std = 1/sqrt(var + eps):
+    With x_hat = (x - mean) * inv_std, inv_std = 1/sqrt(var + eps), and sums
+    and means over N, H, W (per channel):
 
-        gb = sum(gy)            gW = sum(gy * xc) * inv_std
-        gx = weight * inv_std * (gy - gb/m - xc * inv_std^2 * sum(gy * xc)/m)
+        gb = sum(gy)            gW = sum(gy * x_hat)
+        training:   gx = weight * inv_std * (gy - mean(gy) - x_hat * mean(gy * x_hat))
+        evaluation: gx = weight * inv_std * gy      (y is affine in x)
 
-    (sums over N, H, W). In evaluation mode y is affine in x:
-    gx = gy * weight * inv_std.
+    In training the batch's mean and var depend on x too: the two subtracted
+    terms are their share of the gradient.
 
-    ``relu=True`` fuses the ReLU that follows every batch norm in GoogLeNet:
-    y = max(BN(x), 0) is taken in place on BN's fresh output (no second
-    array), and backward first masks gy with y > 0 (ReLU's backward, from
-    the saved output) and then runs BN's backward on the masked gradient.
-
-    Every channel is normalised on its own, so the channels are cut into
-    chunks that the CPU threads run at once (``backend.parallel_for``).
+    ``relu=True`` is ``relu(batch_norm(x))`` as one op (GoogLeNet puts a ReLU
+    after every batch norm): backward first sends gy through the ReLU
+    (zero where y = 0), then through batch norm.
     """
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps,
                 relu=False):
         xp = get_array_module(x)
         C = x.shape[1]
+        axes = (0,) + tuple(range(2, x.ndim))                # every axis but the channels
         m = x.size // C
-        needs_grad = any(self.needs_input_grad)
-        y = xp.empty_like(x)
-        # xc = x - mean is kept for backward; without a graph it is built in y.
-        xc = (xp.empty_like(x) if needs_grad else y) if training else None
-        inv_std = xp.empty(C, dtype=x.dtype)
-        scale = xp.empty(C, dtype=x.dtype)
-
-        def normalise(c0, c1):     # channels c0..c1
-            xs, ys = x[:, c0:c1], y[:, c0:c1]
-            if training:
-                mean = _channel_sum(xs) / m
-                xcs = xc[:, c0:c1]
-                xp.subtract(xs, _per_channel(mean, x.ndim), out=xcs)
-                var = _channel_sum(xcs, xcs) / m
-                if running_mean is not None:
-                    r = running_mean[c0:c1]
-                    r *= 1 - momentum
-                    r += momentum * mean.astype(r.dtype, copy=False)
-                if running_var is not None:
-                    r = running_var[c0:c1]
-                    r *= 1 - momentum
-                    r += (momentum * m / (m - 1)) * var.astype(r.dtype, copy=False)
-            else:
-                mean = running_mean[c0:c1].astype(x.dtype, copy=False)
-                var = running_var[c0:c1].astype(x.dtype, copy=False)
-            inv_std[c0:c1] = 1.0 / xp.sqrt(var + eps)
-            scale[c0:c1] = inv_std[c0:c1] if weight is None else weight[c0:c1] * inv_std[c0:c1]
-            sc = _per_channel(scale[c0:c1], x.ndim)
-            if training:                      # y = xc * scale + bias
-                xp.multiply(xcs, sc, out=ys)
-                if bias is not None:
-                    ys += _per_channel(bias[c0:c1], x.ndim)
-            else:                             # y = x * scale + (bias - mean * scale)
-                shift = -mean * scale[c0:c1]
-                if bias is not None:
-                    shift += bias[c0:c1]
-                xp.multiply(xs, sc, out=ys)
-                ys += _per_channel(shift, x.ndim)
-            if relu:
-                xp.maximum(ys, 0, out=ys)     # y is ours: ReLU in place
-
-        parallel_for(C, normalise, min_chunk=_MIN_CHUNK_ELEMENTS // m + 1, xp=xp)
-        if needs_grad:
-            self.training, self.m, self.ndim = training, m, x.ndim
-            self.inv_std, self.scale = inv_std, scale
-            self.y = y if relu else None      # ReLU's backward needs only y > 0
-            if training:
-                self.xc = xc
-            elif self.needs_input_grad[1]:                         # gW needs x_hat
-                self.xc = x - _per_channel(running_mean.astype(x.dtype, copy=False), x.ndim)
+        if training:
+            mean = x.mean(axis=axes)                         # C
+            var = ((x - _per_channel(mean, x.ndim)) ** 2).mean(axis=axes)
+            if running_mean is not None:                     # updated in place
+                running_mean *= 1 - momentum
+                running_mean += momentum * mean.astype(running_mean.dtype)
+            if running_var is not None:
+                running_var *= 1 - momentum
+                running_var += momentum * m / (m - 1) * var.astype(running_var.dtype)
+        else:
+            mean = running_mean.astype(x.dtype)
+            var = running_var.astype(x.dtype)
+        inv_std = 1.0 / xp.sqrt(var + eps)                   # C
+        x_hat = (x - _per_channel(mean, x.ndim)) * _per_channel(inv_std, x.ndim)
+        y = x_hat
+        if weight is not None:
+            y = y * _per_channel(weight, x.ndim)
+        if bias is not None:
+            y = y + _per_channel(bias, x.ndim)
+        if relu:
+            y = xp.maximum(y, 0)
+        if any(self.needs_input_grad):
+            self.x_hat, self.inv_std, self.weight = x_hat, inv_std, weight
+            self.training = training
+            self.y = y if relu else None                     # the ReLU's backward needs y > 0
         return y
 
     def backward(self, gy):
-        xp = get_array_module(gy)
         need_gx, need_gW, need_gb = self.needs_input_grad[:3]
-        C = gy.shape[1]
-        need_sums = self.training and need_gx
-        gb = xp.empty(C, dtype=gy.dtype) if (need_gb or need_sums) else None
-        gW = xp.empty(C, dtype=gy.dtype) if need_gW else None
-        gx = xp.empty_like(gy) if need_gx else None
-
-        def per_channel(c_array):
-            return _per_channel(c_array, self.ndim)
-
-        def backward_channels(c0, c1):
-            g = gy[:, c0:c1]
-            if self.y is not None:
-                g = g * (self.y[:, c0:c1] > 0)   # through the fused ReLU first
-            if gb is not None:
-                gb[c0:c1] = _channel_sum(g)
-            gxc = (_channel_sum(g, self.xc[:, c0:c1])
-                   if (need_gW or need_sums) else None)             # sum(gy * xc)
-            if need_gW:
-                gW[c0:c1] = gxc * self.inv_std[c0:c1]
-            if not need_gx:
-                return
-            gxs, scale = gx[:, c0:c1], self.scale[c0:c1]
+        ndim = gy.ndim
+        axes = (0,) + tuple(range(2, ndim))
+        if self.y is not None:
+            gy = gy * (self.y > 0)                           # through the ReLU first
+        gb = gy.sum(axis=axes) if need_gb else None
+        gW = (gy * self.x_hat).sum(axis=axes) if need_gW else None
+        gx = None
+        if need_gx:
+            scale = self.inv_std if self.weight is None else self.weight * self.inv_std
             if self.training:
-                # gx = scale * (gy - gb/m - xc * inv_std^2 * gxc/m), built in one buffer
-                inv_std = self.inv_std[c0:c1]
-                xp.multiply(self.xc[:, c0:c1], per_channel(-inv_std * inv_std * gxc / self.m),
-                            out=gxs)
-                gxs += g
-                gxs += per_channel(-gb[c0:c1] / self.m)
-                gxs *= per_channel(scale)
+                mean_gy = gy.mean(axis=axes)
+                mean_gy_x_hat = (gy * self.x_hat).mean(axis=axes)
+                gx = (gy - _per_channel(mean_gy, ndim)
+                      - self.x_hat * _per_channel(mean_gy_x_hat, ndim)) * _per_channel(scale, ndim)
             else:
-                xp.multiply(g, per_channel(scale), out=gxs)
-
-        parallel_for(C, backward_channels, min_chunk=_MIN_CHUNK_ELEMENTS // self.m + 1, xp=xp)
-        return gx, gW, (gb if need_gb else None)
+                gx = gy * _per_channel(scale, ndim)
+        return gx, gW, gb
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
@@ -262,8 +181,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 def batch_norm_relu(x, running_mean, running_var, weight=None, bias=None, training=False,
                     momentum=0.1, eps=1e-5):
-    """``relu(batch_norm(...))`` as one op: same arguments and result as that pair, but
-    one output array instead of two (the ReLU is taken in place; see ``BatchNorm``)."""
+    """``relu(batch_norm(...))`` as one op, with the same arguments and result as that pair.
+
+    GoogLeNet's conv units use it: as one op, a fast path can take the ReLU in
+    place on batch norm's output and fold the two backward passes into one."""
     return _batch_norm("batch_norm_relu", x, running_mean, running_var, weight, bias, training,
                        momentum, eps, relu=True)
 

@@ -1,50 +1,41 @@
 """2-D max and average pooling over NCHW batches.
 
 Notation: x is (N, C, H, W), the window is KH x KW, SH, SW the strides, PH,
-PW the padding, y is (N, C, OH, OW). The output size, as in PyTorch, is
+PW the padding (at most half the window), y is (N, C, OH, OW). The output
+size, as in PyTorch, is
 
     OH = floor_or_ceil((H + 2*PH - KH) / SH) + 1      (ceil with ceil_mode)
 
 and, with ceil_mode, one less if the last window would start past the input
 and the left padding ((OH - 1)*SH >= H + PH). A ceil_mode window may hang
-past the padded input: those positions hold -inf for max (they never win)
-and 0 for average (the divisor leaves them out).
+past the padded input: those positions count as padding (-inf for max, so
+they never win; left out of the divisor for average).
 
-Both pools loop over the offsets of the window, never over pixels, and
-both are separable (a window is KH rows of KW columns): they pool along W,
-then along H, KW + KH passes, not KH*KW. Each pass runs on the padded input
-as ONE flat array, every (HP, WP) plane after the other:
+Both pools loop over the KH*KW offsets of the window, never over pixels: for
+one offset (kh, kw), the value at that offset of every window is one strided
+slice of the padded input,
 
-    r[j] = max over kw of flat[SW*j + kw]      j: (plane, row, column // SW)
-    y[q] = max over kh of r[q + kh*R]          R = WP // SW values per row
+    tap(kh, kw) = x_pad[:, :, kh : kh + SH*OH : SH, kw : kw + SW*OW : SW]   (N, C, OH, OW)
 
-so that tap k of every window at once is the flat array shifted by k (or
-by k rows), a view. Windows that start near a row's or plane's end mix in
-the next row: their results are garbage and cropped away (every SH-th row,
-the first OW columns). What it buys is long loops: NumPy runs a strided
-4-D view as one inner loop per row, W elements long (8 at GoogLeNet's 8x8
-stages), and each pass over the flat array is about twice as fast.
+Max pooling keeps the running maximum of the taps and which tap won
+(kh * KW + kw; a later tap wins only if strictly greater, so ties go to the
+first, as in PyTorch). Its backward adds gy to the winning tap of each
+window. Average pooling sums the taps and divides by the window's size; its
+backward adds gy / size to every tap.
 
-Max pooling's backward sends each gy to its window's winner. The forward
-records the winner as a one-byte tap number kh * KW + kw; backward turns it
-into a flat index and scatter-adds gy there in one ``ufunc.at`` call (which
-sums the gradients of overlapping windows that share a winner).
-
-Planes are independent, so on the CPU both pools cut them into blocks that
-tinygnet's threads run at once (``backend.parallel_for``), each block with
-its own flat array.
+The fast paths (tinygnet/kernels): on the CPU, separable passes over flat
+arrays on several threads; on the GPU, max pooling as CUDA kernels.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module, parallel_for
-from ..cuda import kernels
+from ..backend import get_array_module
 from ..tensor import Function
 from ._checks import check_float, check_ndim, pair
 
-__all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
-           "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
+__all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "max_pool2d", "avg_pool2d",
+           "adaptive_avg_pool2d", "pool_output_size"]
 
 
 def pool_output_size(size, kernel, stride, padding, ceil_mode):
@@ -56,108 +47,25 @@ def pool_output_size(size, kernel, stride, padding, ceil_mode):
     return out
 
 
-# Fewer input elements than this per block run as one block, on this thread: a
-# hand-off to another thread costs about 0.1 to 0.5 ms here (a wake-up, then the
-# GIL passed back and forth between NumPy calls). Thresholds of this module,
-# conv's, batch norm's and backend's matmul were tuned together on GoogLeNet's
-# training step at the demo's width.
-_MIN_CHUNK_ELEMENTS = 1 << 17
-
-
-def _flat_padded(planes, PH, PW, OH, OW, KH, KW, SH, SW, value):
-    """Planes (P, H, W) padded for the windows, one after the other in one flat array.
-
-    Returns (flat, HP, WP). The padded planes are (HP, WP): the input, PH/PW
-    of ``value`` on each side, and whatever ceil_mode windows hang past the
-    bottom/right; WP is rounded up to a multiple of SW, so that stepping SW
-    elements at a time walks whole rows. A tail of ``value`` follows the last
-    plane: the shifted views of the passes below read into it.
-    """
-    xp = get_array_module(planes)
-    HP, WP = _padded_size(planes.shape[1:], PH, PW, OH, OW, KH, KW, SH, SW)
-    P, H, W = planes.shape
-    size = P * HP * WP
-    flat = xp.full(size + (KH - 1) * WP + KW, value, dtype=planes.dtype)
-    flat[:size].reshape(P, HP, WP)[:, PH:PH + H, PW:PW + W] = planes
-    return flat, HP, WP
-
-
-def _padded_size(input_size, PH, PW, OH, OW, KH, KW, SH, SW):
-    H, W = input_size
+def _pad(x, PH, PW, OH, OW, KH, KW, SH, SW, value):
+    """x with PH, PW of ``value`` on each side, and more of it at the bottom and
+    right where a ceil_mode window hangs past: (N, C, HP, WP)."""
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
     HP = max(H + 2 * PH, (OH - 1) * SH + KH)
     WP = max(W + 2 * PW, (OW - 1) * SW + KW)
-    return HP, WP + (-WP % SW)
+    x_pad = xp.full((N, C, HP, WP), value, dtype=x.dtype)
+    x_pad[:, :, PH:PH + H, PW:PW + W] = x
+    return x_pad
 
 
-def _taps(a, starts, step, length):
-    """Tap k of ``length`` windows is the strided view a[starts[k] :: step], ``length`` long."""
-    return [a[s:s + step * (length - 1) + 1:step] for s in starts]
-
-
-def _grid(planes, HP, WP, KH, SW):
-    """Sizes of the two passes' grids. The row pass (along W) gives R = WP // SW
-    values per padded row; the column pass needs KH - 1 rows of them past the
-    last plane (its shifted views read there), so the row pass makes L + (KH - 1)*R."""
-    R = WP // SW
-    L = planes * HP * R
-    return R, L, L + (KH - 1) * R
-
-
-def _crop(grid, out, HP, R, SH):
-    """Write the outputs (P, OH, OW) from the column pass's grid into ``out``:
-    every SH-th row, the first OW columns."""
-    P, OH, OW = out.shape
-    out[...] = grid.reshape(P, HP, R)[:, :SH * (OH - 1) + 1:SH, :OW]
-
-
-def _max_of(taps, argmax_dtype=None, inner_argmax_taps=None, inner_K=1):
-    """Elementwise max over the taps and, if ``argmax_dtype`` is given, which tap won.
-
-    The first of equal maxima wins, as in PyTorch. When the taps are
-    themselves maxima whose winners are ``inner_argmax_taps`` (out of
-    ``inner_K``), the winner is reported as k * inner_K + inner winner.
-    """
-    xp = get_array_module(taps[0])
-    m = taps[0].copy()
-    argmax = None
-    if argmax_dtype is not None:
-        argmax = (xp.zeros(m.shape, dtype=argmax_dtype) if inner_argmax_taps is None
-                  else inner_argmax_taps[0].astype(argmax_dtype))
-    for k in range(1, len(taps)):
-        candidate = taps[k]
-        if argmax is not None:
-            # Only a strictly greater value takes over (ties keep the earlier tap), and
-            # taps only grow with k, so the winner is a running maximum of
-            # tap * (candidate > m): cheaper than where/copyto.
-            tap = argmax.dtype.type(k * inner_K)
-            if inner_argmax_taps is not None:
-                tap = inner_argmax_taps[k] + tap
-            xp.maximum(argmax, (candidate > m) * tap, out=argmax)
-        xp.maximum(m, candidate, out=m)
-    return m, argmax
-
-
-def _sum_of(taps):
-    s = taps[0].copy()
-    for tap in taps[1:]:
-        s += tap
-    return s
-
-
-def _add_to_taps(g, out, starts, step):
-    """The adjoint of _sum_of: add g to every tap of ``out`` (overlapping windows add up)."""
-    for view in _taps(out, starts, step, g.size):
-        view += g
-    return out
+def _tap(a, kh, kw, SH, SW, OH, OW):
+    """The element at offset (kh, kw) of every window: a strided view (N, C, OH, OW)."""
+    return a[:, :, kh:kh + SH * OH:SH, kw:kw + SW * OW:SW]
 
 
 class MaxPool2d(Function):
-    """y[n, c, oh, ow] = max of the window; the gradient goes to the (first) max.
-
-    Max over each row of the window first (r, with the winning column), then
-    over the rows (y, with the winning tap kh * KW + kw). Ties go to the first
-    column, then the first row: the row-major first max, as in PyTorch.
-    """
+    """y[n, c, oh, ow] = max of the window; the gradient goes to the (first) max."""
 
     def forward(self, x, kernel_size, stride, padding, ceil_mode):
         xp = get_array_module(x)
@@ -165,68 +73,35 @@ class MaxPool2d(Function):
         N, C, H, W = x.shape
         OH = pool_output_size(H, KH, SH, PH, ceil_mode)
         OW = pool_output_size(W, KW, SW, PW, ceil_mode)
-        need_grad = self.needs_input_grad[0]
-        if xp is not np:   # GPU: one kernel, a thread per output; argmax = h * W + w of the max
-            y, argmax = kernels.max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, OH, OW)
-            if need_grad:
-                self.argmax, self.geometry = argmax, (x.shape, None, KH, KW, SH, SW, PH, PW, OH, OW)
-            return y
-        planes = x.reshape(N * C, H, W)
-        y = xp.empty((N * C, OH, OW), dtype=x.dtype)
-        tap_dtype = np.min_scalar_type(KH * KW - 1) if need_grad else None
-        tap = xp.empty((N * C, OH, OW), dtype=tap_dtype) if need_grad else None
-
-        def pool(start, stop):   # planes start..stop (module docstring)
-            flat, HP, WP = _flat_padded(planes[start:stop], PH, PW, OH, OW, KH, KW, SH, SW,
-                                        value=-np.inf)
-            R, L, L_rows = _grid(stop - start, HP, WP, KH, SW)
-            # r[j] = max of flat[SW*j + kw]; then y[q] = max of r[q + kh*R]
-            r, argmax_w = _max_of(_taps(flat, range(KW), SW, L_rows), tap_dtype)
-            row_starts = range(0, KH * R, R)
-            y_grid, tap_grid = _max_of(_taps(r, row_starts, 1, L), tap_dtype,
-                                       _taps(argmax_w, row_starts, 1, L) if need_grad else None, KW)
-            _crop(y_grid, y[start:stop], HP, R, SH)
-            if need_grad:   # the winner, kh * KW + kw: a byte per output
-                _crop(tap_grid, tap[start:stop], HP, R, SH)
-
-        parallel_for(N * C, pool, min_chunk=_MIN_CHUNK_ELEMENTS // (H * W) + 1)
-        if need_grad:
-            self.tap = tap
-            pad_shape = _padded_size((H, W), PH, PW, OH, OW, KH, KW, SH, SW)
-            self.geometry = (x.shape, pad_shape, KH, KW, SH, SW, PH, PW, OH, OW)
-        return y.reshape(N, C, OH, OW)
+        x_pad = _pad(x, PH, PW, OH, OW, KH, KW, SH, SW, value=-np.inf)   # N, C, HP, WP
+        y = _tap(x_pad, 0, 0, SH, SW, OH, OW).copy()                     # N, C, OH, OW
+        # which tap won, kh * KW + kw, in the smallest integer type that holds them
+        winner = xp.zeros(y.shape, dtype=np.min_scalar_type(KH * KW - 1))
+        for kh in range(KH):
+            for kw in range(KW):
+                tap = _tap(x_pad, kh, kw, SH, SW, OH, OW)
+                better = tap > y                   # strictly: ties keep the earlier tap
+                y = xp.where(better, tap, y)
+                winner[better] = kh * KW + kw
+        if self.needs_input_grad[0]:
+            self.winner = winner                   # backward needs only where each max was
+            self.geometry = (x.shape, x_pad.shape, KH, KW, SH, SW, PH, PW, OH, OW)
+        return y
 
     def backward(self, gy):
+        xp = get_array_module(gy)
         x_shape, pad_shape, KH, KW, SH, SW, PH, PW, OH, OW = self.geometry
-        if get_array_module(gy) is not np:   # GPU: a thread per input pixel gathers its gy
-            return kernels.max_pool2d_backward(gy, self.argmax, x_shape, KH, KW, SH, SW, PH, PW,
-                                               OH, OW)
         N, C, H, W = x_shape
-        HP, WP = pad_shape
-        gx_pad = np.zeros((N * C, HP * WP), dtype=gy.dtype)
-        gy = gy.reshape(N * C, OH, OW)
-        # Flat index in the padded planes of each output's winner: the offset of its
-        # tap in the window (tap kh * KW + kw is kh rows and kw columns in), plus where
-        # the window starts: plane, row, column (int32 while the planes are small
-        # enough: half the bytes).
-        index = np.int32 if N * C * HP * WP < 2 ** 31 else np.int64
-        offsets = np.asarray([kh * WP + kw for kh in range(KH) for kw in range(KW)], dtype=index)
-
-        def scatter(start, stop):
-            winner = np.take(offsets, self.tap[start:stop])
-            winner += np.arange(0, (stop - start) * HP * WP, HP * WP, dtype=index).reshape(-1, 1, 1)
-            winner += np.arange(0, SH * OH * WP, SH * WP, dtype=index).reshape(-1, 1)
-            winner += np.arange(0, SW * OW, SW, dtype=index)
-            # One scatter-add: overlapping windows (stride < kernel) may share a winner.
-            np.add.at(gx_pad[start:stop].reshape(-1), winner.reshape(-1),
-                      gy[start:stop].reshape(-1))
-
-        parallel_for(N * C, scatter, min_chunk=_MIN_CHUNK_ELEMENTS // (H * W) + 1)
-        return gx_pad.reshape(N, C, HP, WP)[:, :, PH:PH + H, PW:PW + W]
+        gx_pad = xp.zeros(pad_shape, dtype=gy.dtype)                     # N, C, HP, WP
+        for kh in range(KH):
+            for kw in range(KW):
+                won = self.winner == kh * KW + kw                        # N, C, OH, OW
+                _tap(gx_pad, kh, kw, SH, SW, OH, OW)[...] += xp.where(won, gy, 0)
+        return gx_pad[:, :, PH:PH + H, PW:PW + W]
 
 
 class AvgPool2d(Function):
-    """y[n, c, oh, ow] = sum of the window / divisor[oh, ow] (sum along W, then along H)."""
+    """y[n, c, oh, ow] = sum of the window / divisor[oh, ow]."""
 
     def forward(self, x, kernel_size, stride, padding, ceil_mode, count_include_pad):
         xp = get_array_module(x)
@@ -234,61 +109,45 @@ class AvgPool2d(Function):
         N, C, H, W = x.shape
         OH = pool_output_size(H, KH, SH, PH, ceil_mode)
         OW = pool_output_size(W, KW, SW, PW, ceil_mode)
-        planes = x.reshape(N * C, H, W)
-        y = xp.empty((N * C, OH, OW), dtype=x.dtype)
-
-        def pool(start, stop):   # planes start..stop: window sums (module docstring)
-            flat, HP, WP = _flat_padded(planes[start:stop], PH, PW, OH, OW, KH, KW, SH, SW,
-                                        value=0)
-            R, L, L_rows = _grid(stop - start, HP, WP, KH, SW)
-            r = _sum_of(_taps(flat, range(KW), SW, L_rows))              # row sums
-            _crop(_sum_of(_taps(r, range(0, KH * R, R), 1, L)), y[start:stop], HP, R, SH)
-
-        parallel_for(N * C, pool, min_chunk=_MIN_CHUNK_ELEMENTS // (H * W) + 1, xp=xp)
-        rows = _divisors(H, KH, SH, PH, OH, count_include_pad)
-        cols = _divisors(W, KW, SW, PW, OW, count_include_pad)
-        divisor = xp.asarray(np.outer(rows, cols), dtype=x.dtype)  # (OH, OW)
-        y /= divisor
+        x_pad = _pad(x, PH, PW, OH, OW, KH, KW, SH, SW, value=0)         # N, C, HP, WP
+        total = xp.zeros((N, C, OH, OW), dtype=x.dtype)
+        for kh in range(KH):
+            for kw in range(KW):
+                total += _tap(x_pad, kh, kw, SH, SW, OH, OW)
+        divisor = window_sizes(H, W, kernel_size, stride, padding, (OH, OW), count_include_pad)
+        divisor = xp.asarray(divisor, dtype=x.dtype)                     # OH, OW
         if self.needs_input_grad[0]:
             self.divisor = divisor
-            self.geometry = (x.shape, KH, KW, SH, SW, PH, PW, OH, OW)
-        return y.reshape(N, C, OH, OW)
+            self.geometry = (x.shape, x_pad.shape, KH, KW, SH, SW, PH, PW, OH, OW)
+        return total / divisor
 
     def backward(self, gy):
-        x_shape, KH, KW, SH, SW, PH, PW, OH, OW = self.geometry
         xp = get_array_module(gy)
+        x_shape, pad_shape, KH, KW, SH, SW, PH, PW, OH, OW = self.geometry
         N, C, H, W = x_shape
-        HP, WP = _padded_size((H, W), PH, PW, OH, OW, KH, KW, SH, SW)
-        g = (gy / self.divisor).reshape(N * C, OH, OW)   # what each position of a window gets
-        gx_pad = xp.empty((N * C, HP, WP), dtype=gy.dtype)
-
-        def scatter(start, stop):   # the adjoint of forward's two passes, in reverse
-            P = stop - start
-            R, L, L_rows = _grid(P, HP, WP, KH, SW)
-            g_grid = xp.zeros(L, dtype=gy.dtype)
-            g_grid.reshape(P, HP, R)[:, :SH * (OH - 1) + 1:SH, :OW] = g[start:stop]
-            g_rows = _add_to_taps(g_grid, xp.zeros(L_rows, dtype=gy.dtype), range(0, KH * R, R), 1)
-            g_flat = _add_to_taps(g_rows, xp.zeros(P * HP * WP + (KH - 1) * WP + KW,
-                                                   dtype=gy.dtype), range(KW), SW)
-            # Copied out rather than accumulated in gx_pad itself: g_flat's tail runs into
-            # the next block's planes, which another thread is writing.
-            gx_pad[start:stop] = g_flat[:P * HP * WP].reshape(P, HP, WP)
-
-        parallel_for(N * C, scatter, min_chunk=_MIN_CHUNK_ELEMENTS // (H * W) + 1, xp=xp)
-        return gx_pad.reshape(N, C, HP, WP)[:, :, PH:PH + H, PW:PW + W]
+        g = gy / self.divisor                      # what each position of a window gets
+        gx_pad = xp.zeros(pad_shape, dtype=gy.dtype)
+        for kh in range(KH):
+            for kw in range(KW):
+                _tap(gx_pad, kh, kw, SH, SW, OH, OW)[...] += g   # overlapping windows add up
+        return gx_pad[:, :, PH:PH + H, PW:PW + W]
 
 
-def _divisors(size, kernel, stride, padding, out, count_include_pad):
-    """Per output row (or column), how many positions its window averages over.
+def window_sizes(H, W, kernel_size, stride, padding, output_size, count_include_pad):
+    """The divisor of each output position (OH, OW), a host (NumPy) array.
 
     As PyTorch's kernel: the window [start, end) is clipped to the padded input
     (end <= size + padding); without count_include_pad, clipped to the input.
     """
-    start = np.arange(out) * stride - padding
-    end = np.minimum(start + kernel, size + padding)
-    if not count_include_pad:
-        start, end = np.maximum(start, 0), np.minimum(end, size)
-    return end - start
+    def per_axis(size, kernel, stride, padding, out):
+        start = np.arange(out) * stride - padding
+        end = np.minimum(start + kernel, size + padding)
+        if not count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, size)
+        return end - start
+
+    (KH, KW), (SH, SW), (PH, PW), (OH, OW) = kernel_size, stride, padding, output_size
+    return np.outer(per_axis(H, KH, SH, PH, OH), per_axis(W, KW, SW, PW, OW))
 
 
 class GlobalAvgPool2d(Function):

@@ -1,10 +1,12 @@
-"""CuPy kernels: the GPU side of im2col/col2im, max pooling, LRN, bias + ReLU
-and softmax cross-entropy.
+"""CUDA kernels for the GPU fast paths: im2col/col2im, max pooling, LRN, the
+ReLU gradient and softmax cross-entropy.
 
-Each kernel computes exactly what the NumPy code of its op computes (that
-code is the reference the tests compare against, on the same inputs). The
-notation is the ops': x is (N, C, H, W), a window KH x KW with strides SH,
-SW and paddings PH, PW, outputs OH x OW.
+CuPy has no cuDNN, and these are the spots where generic CuPy array code is
+slow (many small kernels, big temporaries). ``kernels/cuda.py`` wraps them
+into the ops that replace the references on the GPU; each kernel computes
+what the reference op computes (the tests compare them on the same inputs).
+The notation is the ops': x is (N, C, H, W), a window KH x KW with strides
+SH, SW and paddings PH, PW, outputs OH x OW.
 
 How the kernels are written:
 
@@ -29,7 +31,7 @@ import numpy as np
 from .. import backend
 
 __all__ = ["im2col", "col2im", "max_pool2d_forward", "max_pool2d_backward",
-           "lrn_forward", "lrn_backward", "bias_relu", "relu_backward",
+           "lrn_forward", "lrn_backward", "relu_backward",
            "cross_entropy_forward", "cross_entropy_backward",
            "RAW_SOURCES", "ELEMENTWISE_SOURCES"]
 
@@ -185,9 +187,6 @@ extern "C" __global__ void cross_entropy_forward(const T* x, const long long* ta
 # ElementwiseKernel (in_params, out_params, operation): CuPy writes the loop;
 # ``i`` is the element's flat index, ``raw`` arrays are indexed by hand.
 ELEMENTWISE_SOURCES = {
-    # y = max(x + b[c], 0) for x (N, C, H*W) and b (C,): conv bias and ReLU in one pass.
-    "bias_relu": ("T x, raw T b, int64 C, int64 HW", "T y",
-                  "T v = x + b[(i / HW) % C]; y = v > 0 ? v : (T)0;"),
     # gx = gy where y > 0, else 0 (one pass, no boolean mask array).
     "relu_backward": ("T gy, T y", "T gx", "gx = y > 0 ? gy : (T)0;"),
     # gx = (p - q) * gy_row * scale, q = eps/K + (1 - eps) onehot(target); gy_step is 1
@@ -218,7 +217,7 @@ _elementwise_kernels: dict = {}
 def _cupy():
     cupy = backend.cupy_or_none()
     if cupy is None:
-        raise RuntimeError("tinygnet.cuda.kernels need CuPy (pip install 'tinygnet[gpu]')")
+        raise RuntimeError("tinygnet's CUDA kernels need CuPy (pip install 'tinygnet[gpu]')")
     return cupy
 
 
@@ -314,12 +313,6 @@ def lrn_backward(x, scale, gy, size, alpha, beta):
     _launch("lrn_backward", x.dtype, (x, scale, gy, gx), x.size, C, np.int64(L),
             size // 2, (size - 1) // 2, 2.0 * alpha * beta / size, beta)
     return gx
-
-
-def bias_relu(x, b):
-    """max(x + b[c], 0) for x (N, C, ...) and b (C,), in one pass."""
-    N, C = x.shape[:2]
-    return _elementwise("bias_relu")(x, b, np.int64(C), np.int64(x.size // max(N * C, 1)))
 
 
 def relu_backward(gy, y):

@@ -1,0 +1,121 @@
+"""Devices: the one array-module switch, NumPy on the CPU, CuPy on an NVIDIA GPU.
+
+Every op asks ``xp = get_array_module(array)`` and then writes ``xp.zeros``,
+``xp.maximum`` ... so the same code runs on both devices. This is the only
+module that knows CuPy exists, and it imports CuPy lazily: code that only
+touches the CPU never imports it.
+
+Devices are strings, as in PyTorch: ``"cpu"``, ``"cuda"`` (the current GPU) or
+``"cuda:N"``. ``to_device`` and ``to_numpy`` move arrays between them.
+
+GPU memory: CuPy allocates through its memory pool (its default), so the
+arrays of a training step reuse the blocks freed by the step before instead
+of calling cudaMalloc.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import numpy as np
+
+__all__ = ["get_array_module", "cupy_or_none", "is_cuda_available", "parse_device",
+           "device_of", "to_device", "to_numpy"]
+
+_cupy = None            # the cupy module once imported, False if unavailable
+_cupy_error = None      # why importing cupy failed, for the error message
+
+
+def cupy_or_none():
+    """Import CuPy on first use; return the module, or None if it is absent."""
+    global _cupy, _cupy_error
+    if _cupy is None:
+        try:
+            _cupy = importlib.import_module("cupy")
+        except Exception as error:  # ImportError, or a broken CUDA install
+            _cupy, _cupy_error = False, error
+    return _cupy or None
+
+
+def get_array_module(*arrays):
+    """NumPy or CuPy, whichever owns ``arrays`` (NumPy for Python scalars).
+
+    Never imports CuPy: if CuPy was never imported, no array can be a CuPy one.
+    """
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        for array in arrays:
+            if isinstance(array, cupy.ndarray):
+                return cupy
+    return np
+
+
+def is_cuda_available() -> bool:
+    """True when CuPy imports and sees at least one GPU."""
+    cupy = cupy_or_none()
+    if cupy is None:
+        return False
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def parse_device(device) -> str:
+    """Normalise ``"cpu"``, ``"cuda"``, ``"cuda:1"`` (or None = cpu); reject others."""
+    if device is None:
+        return "cpu"
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
+    name = device.strip().lower()
+    if name == "cpu":
+        return "cpu"
+    if name == "cuda":
+        return "cuda:0"
+    if name.startswith("cuda:") and name[5:].isdigit():
+        return name
+    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _require_cuda(device: str):
+    cupy = cupy_or_none()
+    if cupy is None:
+        raise RuntimeError(
+            f"device {device!r} needs CuPy, which is not installed "
+            f"({_cupy_error}); install it with: pip install 'tinygnet[gpu]'")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:
+        raise RuntimeError(f"device {device!r}: CuPy is installed but no usable NVIDIA GPU "
+                           f"was found ({error})") from None
+    index = int(device.split(":")[1])
+    if index >= count:
+        raise RuntimeError(f"device {device!r}: only {count} GPU(s) visible")
+    return cupy
+
+
+def device_of(array) -> str:
+    """The device string of an array: 'cpu' or 'cuda:N'."""
+    if get_array_module(array) is np:
+        return "cpu"
+    return f"cuda:{array.device.id}"
+
+
+def to_device(array, device: str):
+    """Copy ``array`` to ``device`` (a no-op if it is already there)."""
+    device = parse_device(device)
+    if device == "cpu":
+        return to_numpy(array)
+    cupy = _require_cuda(device)
+    index = int(device.split(":")[1])
+    if isinstance(array, cupy.ndarray) and array.device.id == index:
+        return array
+    with cupy.cuda.Device(index):
+        return cupy.asarray(array)
+
+
+def to_numpy(array) -> np.ndarray:
+    """A NumPy array on the host (copies from the GPU; no copy on the CPU)."""
+    if get_array_module(array) is np:
+        return np.asarray(array)
+    return array.get()

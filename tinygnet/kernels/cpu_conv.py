@@ -1,0 +1,163 @@
+"""The fast CPU convolution: one GEMM over the whole batch, on several threads.
+
+The reference (``functional/conv.py``) does im2col and one matrix product per
+image. This fast path computes the same convolution with three changes:
+
+* **One GEMM for the batch** (KH x KW kernels): cols is laid out
+  (C*KH*KW, N*OH*OW), all the images side by side, so y = W2 @ cols and
+  gW2 = gy @ cols^T are each ONE large GEMM instead of N small ones (and no
+  (N, O, C*KH*KW) stack of per-image gW to sum). It costs transposing y and
+  gy between (N, O, ...) and (O, N, ...), arrays KH*KW*C/O times smaller
+  than cols. A 1x1 convolution with stride 1 and no padding needs no
+  im2col at all: cols is x itself seen as (N, C, H*W), and one batched
+  matmul writes y straight into NCHW order.
+* **Threads**: the GEMMs are cut into blocks for tinygnet's CPU threads
+  (``threads.parallel_matmul``), and so are the copies of im2col and col2im,
+  each thread taking a block of channels (``threads.parallel_for``).
+* **Reused memory**: the big temporaries (cols, the padded input, gcols,
+  the transposed y and gy) live in workspaces that every call reuses
+  (``workspaces.workspace``): fresh arrays that size cost a page fault per
+  page.
+
+It also keeps x rather than cols for backward (cols is rebuilt there, about
+10% of a 3x3 convolution's time), so the saved state is the size of x, not
+KH*KW times it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..dispatch import register_fast
+from ..functional.conv import Conv2d
+from .threads import parallel_for, parallel_matmul
+from .workspaces import workspace
+
+__all__ = ["Conv2dOneGemm"]
+
+# The copies of im2col and col2im are cut into blocks of channels for the
+# threads, each with at least this many elements: smaller work is not worth
+# the hand-off (tuned on GoogLeNet's training step; README, Performance).
+MIN_BLOCK_ELEMENTS = 1 << 18
+
+
+def _windows(x_pad, KH, KW, SH, SW, OH, OW):
+    """A (N, C, KH, KW, OH, OW) view of x_pad, no copy:
+    windows[n, c, kh, kw, oh, ow] = x_pad[n, c, oh*SH + kh, ow*SW + kw]."""
+    sN, sC, sH, sW = x_pad.strides
+    N, C = x_pad.shape[:2]
+    return np.lib.stride_tricks.as_strided(
+        x_pad, shape=(N, C, KH, KW, OH, OW), strides=(sN, sC, sH, sW, sH * SH, sW * SW))
+
+
+def _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW):
+    """cols (C*KH*KW, N*OH*OW), all images side by side:
+    cols[(c, kh, kw), (n, oh, ow)] = x_pad[n, c, oh*SH + kh, ow*SW + kw].
+    Channels are independent rows of cols: the threads copy a block each.
+    cols is a workspace: valid until the next im2col."""
+    N, C, H, W = x.shape
+    x_pad = workspace("conv.x_pad", (N, C, H + 2 * PH, W + 2 * PW), x.dtype) if (PH or PW) else x
+    cols = workspace("conv.cols", (C, KH, KW, N, OH, OW), x.dtype)
+
+    def copy(c0, c1):
+        if PH or PW:   # zeros, then x copied in: about twice as fast as np.pad
+            x_pad[:, c0:c1] = 0
+            x_pad[:, c0:c1, PH:PH + H, PW:PW + W] = x[:, c0:c1]
+        windows = _windows(x_pad[:, c0:c1], KH, KW, SH, SW, OH, OW)    # N, c, KH, KW, OH, OW
+        cols[c0:c1] = windows.transpose(1, 2, 3, 0, 4, 5)
+
+    parallel_for(C, copy, min_chunk=MIN_BLOCK_ELEMENTS // (N * OH * OW * KH * KW) + 1)
+    return cols.reshape(C * KH * KW, N * OH * OW)
+
+
+def _col2im_batch(gcols, x_shape, KH, KW, SH, SW, PH, PW, OH, OW):
+    """The adjoint of _im2col_batch: gx (N, C, H, W) from gcols (C*KH*KW, N*OH*OW)."""
+    N, C, H, W = x_shape
+    gcols = gcols.reshape(C, KH, KW, N, OH, OW)
+    # Accumulate in gcols' own (C, N, ...) order (long runs in memory), then one
+    # transposing copy to NCHW; each thread takes a block of channels.
+    gx_pad = workspace("conv.gx_pad", (C, N, H + 2 * PH, W + 2 * PW), gcols.dtype)
+    gx = np.empty(x_shape, dtype=gcols.dtype)
+
+    def add_patches(c0, c1):
+        gx_pad[c0:c1] = 0
+        for kh in range(KH):        # one strided add per kernel offset; overlaps add up
+            for kw in range(KW):
+                gx_pad[c0:c1, :, kh:kh + SH * OH:SH, kw:kw + SW * OW:SW] += gcols[c0:c1, kh, kw]
+        gx[:, c0:c1] = gx_pad[c0:c1, :, PH:PH + H, PW:PW + W].transpose(1, 0, 2, 3)
+
+    parallel_for(C, add_patches, min_chunk=MIN_BLOCK_ELEMENTS // (N * OH * OW * KH * KW) + 1)
+    return gx
+
+
+def _swap_leading_axes(a, out=None):
+    """(A, B, L) -> (B, A, L) as a contiguous array (into ``out`` if given):
+    (O, N, ...) <-> (N, O, ...). Each thread copies a block of the new leading axis."""
+    A, B, L = a.shape
+    if out is None:
+        out = np.empty((B, A, L), dtype=a.dtype)
+
+    def copy(b0, b1):
+        out[b0:b1] = a[:, b0:b1].transpose(1, 0, 2)
+
+    parallel_for(B, copy, min_chunk=MIN_BLOCK_ELEMENTS // (A * L) + 1)
+    return out
+
+
+def _is_pointwise(KH, KW, SH, SW, PH, PW):
+    """A 1x1 kernel, stride 1, no padding: cols is x itself."""
+    return (KH, KW, SH, SW, PH, PW) == (1, 1, 1, 1, 0, 0)
+
+
+@register_fast(Conv2d, "cpu")
+class Conv2dOneGemm(Conv2d):
+    """Replaces functional.conv.Conv2d on the CPU: one GEMM per batch, on threads, in reused memory."""
+
+    def forward(self, x, W, b=None, stride=(1, 1), padding=(0, 0)):
+        N, C, H, W_in = x.shape
+        O, _, KH, KW = W.shape
+        (SH, SW), (PH, PW) = stride, padding
+        OH = (H + 2 * PH - KH) // SH + 1
+        OW = (W_in + 2 * PW - KW) // SW + 1
+        if _is_pointwise(KH, KW, SH, SW, PH, PW):
+            y = parallel_matmul(W.reshape(O, C), x.reshape(N, C, H * W_in))  # N, O, H*W
+        else:
+            cols = _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW)  # C*KH*KW, N*OH*OW
+            y = parallel_matmul(W.reshape(O, -1), cols,
+                                out=workspace("conv.y", (O, N * OH * OW), x.dtype))
+            y = _swap_leading_axes(y.reshape(O, N, OH * OW))         # N, O, OH*OW, new
+        if b is not None:
+            y += b.reshape(O, 1)
+        need_gx, need_gW = self.needs_input_grad[:2]
+        self.x = x if need_gW else None            # cols are rebuilt from x in backward
+        self.W = W if need_gx else None
+        self.x_shape, self.geometry = x.shape, (KH, KW, SH, SW, PH, PW, OH, OW)
+        return y.reshape(N, O, OH, OW)
+
+    def backward(self, gy):
+        KH, KW, SH, SW, PH, PW, OH, OW = self.geometry
+        N, O = gy.shape[:2]
+        gy = gy.reshape(N, O, OH * OW)
+        need_gx, need_gW, need_gb = self.needs_input_grad
+        gx = gW = gb = None
+        if _is_pointwise(KH, KW, SH, SW, PH, PW):
+            C = self.x_shape[1]
+            if need_gW:   # sum over n of gy[n] (O, H*W) @ x[n].T (H*W, C)
+                x = self.x.reshape(N, C, OH * OW)
+                gW = parallel_matmul(gy, x.transpose(0, 2, 1)).sum(axis=0).reshape(O, C, 1, 1)
+            if need_gb:
+                gb = gy.sum(axis=(0, 2))
+            if need_gx:
+                gx = parallel_matmul(self.W.reshape(O, C).T, gy).reshape(self.x_shape)
+            return gx, gW, gb
+        gb = gy.sum(axis=(0, 2)) if need_gb else None
+        gy = _swap_leading_axes(gy, out=workspace("conv.gy", (O, N, OH * OW), gy.dtype))
+        gy = gy.reshape(O, -1)                                       # O, N*OH*OW
+        if need_gW:
+            cols = _im2col_batch(self.x, KH, KW, SH, SW, PH, PW, OH, OW)
+            gW = parallel_matmul(gy, cols.T).reshape(O, -1, KH, KW)
+        if need_gx:
+            W2 = self.W.reshape(O, -1)                               # O, C*KH*KW
+            gcols = parallel_matmul(W2.T, gy, out=workspace(         # C*KH*KW, N*OH*OW
+                "conv.gcols", (W2.shape[1], gy.shape[1]), gy.dtype))
+            gx = _col2im_batch(gcols, self.x_shape, KH, KW, SH, SW, PH, PW, OH, OW)
+        return gx, gW, gb
