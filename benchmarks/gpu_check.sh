@@ -2,10 +2,12 @@
 # The GPU check, in one go (at most 8 minutes: the step limits add up to 480 s):
 #
 #   1. the machine: GPU, CUDA, Python, NumPy, CuPy, PyTorch;
-#   2. the tests that run on the GPU (pytest -m cuda: every op against the CPU,
-#      gradcheck on the GPU, one GoogLeNet training step GPU vs CPU, the
-#      device-parametrised engine and whole-network checks), then the rest of
-#      the suite;
+#   2. the tests that run on the GPU (pytest -m cuda: every CUDA fast path
+#      against its reference op on the GPU, tests/kernels/test_fast_paths.py;
+#      every op GPU against CPU, gradcheck on the GPU, one GoogLeNet training
+#      step GPU vs CPU, tests/cuda/; the whole network with the fast paths on
+#      and off; the device-parametrised engine checks), then the rest of the
+#      suite;
 #   3. benchmarks/gpu_bench.py: a training step of GoogLeNet (cifar, width 1,
 #      batch 128, float32) against PyTorch on the same GPU;
 #   4. a short CIFAR-10 demo run on the GPU (2 epochs on 10,000 images), with

@@ -250,3 +250,30 @@ def test_cuda_fast_path_on_the_host_matches_its_reference(reference, fast, dtype
     with kernels_on_host():
         fast_result = run(fast, arrays, options, gy_seed=1)
     assert_agree(fast_result, run(reference, arrays, options, gy_seed=1), dtype)
+
+
+# --------------------------------------------------------------------------
+# The whole network: one training step's gradients, fast paths on and off
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_googlenet_gradients_are_the_same_with_and_without_the_fast_paths(batchnorm, device):
+    """Forward, the combined loss and backward of a narrow GoogLeNet in float64, on
+    each device: every parameter's gradient agrees whichever implementation ran each op."""
+    import tinygnet as tg
+    from tinygnet.models import GoogLeNet, googlenet_loss
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 32, 32))
+    y = rng.integers(0, 10, 4)
+    results = []
+    for fast in (True, False):
+        tg.manual_seed(0)
+        model = GoogLeNet(num_classes=10, config="cifar", width=0.0625, stem_stride=2,
+                          batchnorm=batchnorm, dropout=0.0, aux_dropout=0.0)
+        model.to(device, dtype=np.float64)
+        with tg.use_fast(fast):
+            losses = googlenet_loss(model(tg.tensor(x, device=device)), y, label_smoothing=0.1)
+            losses.total.backward()
+        results.append([losses.total.item()] + [p.grad.numpy() for p in model.parameters()])
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-12)
+    for fast_grad, reference_grad in zip(results[0][1:], results[1][1:]):
+        np.testing.assert_allclose(fast_grad, reference_grad, rtol=1e-9, atol=1e-12)
