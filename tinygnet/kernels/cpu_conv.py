@@ -19,9 +19,9 @@ image. This fast path computes the same convolution with three changes:
   (``workspaces.workspace``): fresh arrays that size cost a page fault per
   page.
 
-It also keeps x rather than cols for backward (cols is rebuilt there, about
-10% of a 3x3 convolution's time), so the saved state is the size of x, not
-KH*KW times it.
+It also keeps x rather than cols for backward (cols is rebuilt there, one
+more copy), so the saved state is the size of x, not KH*KW times it. The
+README's Performance section has what each of these bought.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW):
     cols = workspace("conv.cols", (C, KH, KW, N, OH, OW), x.dtype)
 
     def copy(c0, c1):
-        if PH or PW:   # zeros, then x copied in: about twice as fast as np.pad
+        if PH or PW:   # zeros, then x copied in: no new array, unlike np.pad
             x_pad[:, c0:c1] = 0
             x_pad[:, c0:c1, PH:PH + H, PW:PW + W] = x[:, c0:c1]
         windows = _windows(x_pad[:, c0:c1], KH, KW, SH, SW, OH, OW)    # N, c, KH, KW, OH, OW
@@ -110,7 +110,7 @@ def _is_pointwise(KH, KW, SH, SW, PH, PW):
 
 @register_fast(Conv2d, "cpu")
 class Conv2dOneGemm(Conv2d):
-    """Replaces functional.conv.Conv2d on the CPU: one GEMM per batch, on threads, in reused memory."""
+    """Replaces functional.conv.Conv2d on the CPU: one GEMM per batch, threads, reused memory."""
 
     def forward(self, x, W, b=None, stride=(1, 1), padding=(0, 0)):
         N, C, H, W_in = x.shape

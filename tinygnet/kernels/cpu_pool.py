@@ -16,8 +16,8 @@ window. This fast path computes the same pooling with three changes:
   the next row: their results are garbage and cropped away (every SH-th
   row, the first OW columns). What it buys is long loops: NumPy runs a
   strided 4-D view as one inner loop per row, W elements long (8 at
-  GoogLeNet's 8x8 stages), and a pass over the flat array is about twice as
-  fast.
+  GoogLeNet's 8x8 stages), and one loop over the flat array instead (the
+  README's Performance section has the speed-up).
 * **Threads**: planes are independent, so both pools cut them into blocks
   that tinygnet's CPU threads run at once (``threads.parallel_for``), each
   block with its own flat array.

@@ -87,9 +87,9 @@ class Conv2dCudaIm2col(Conv2d):
 class MaxPool2dCuda(MaxPool2d):
     """Replaces functional.pool.MaxPool2d on the GPU: one kernel each way, not KH*KW passes.
 
-    A thread per output (forward) or per input pixel (backward). The forward kernel records the winner as its index h * W + w in the plane
-    (int32); the backward kernel lets each input pixel gather the gy of every
-    window it won.
+    A thread per output (forward) or per input pixel (backward). The forward
+    kernel records the winner as its index h * W + w in the plane (int32); the
+    backward kernel lets each input pixel gather the gy of every window it won.
     """
 
     def forward(self, x, kernel_size, stride, padding, ceil_mode):
@@ -108,7 +108,7 @@ class MaxPool2dCuda(MaxPool2d):
 
 @register_fast(LocalResponseNorm, "cuda")
 class LocalResponseNormCuda(LocalResponseNorm):
-    """Replaces functional.norm.LocalResponseNorm on the GPU: one kernel each way, not a pass per offset.
+    """Replaces functional.norm.LocalResponseNorm on the GPU: one kernel, not a pass per offset.
 
     Each thread sums its own channel window."""
 
@@ -124,7 +124,7 @@ class LocalResponseNormCuda(LocalResponseNorm):
 
 @register_fast(ReLU, "cuda")
 class ReLUCuda(ReLU):
-    """Replaces functional.activation.ReLU's backward on the GPU: one pass, no boolean mask array."""
+    """Replaces functional.activation.ReLU's backward on the GPU: one pass, no boolean mask."""
 
     def backward(self, gy):
         return kernels.relu_backward(gy, self.y)
