@@ -43,9 +43,10 @@ class Dropout(Function):
     def forward(self, x, p):
         xp = get_array_module(x)
         # uniform in [0, 1), drawn in x's dtype; a unit is kept when u >= p
-        mask = (generator_for(xp).random(x.shape, dtype=x.dtype) >= p).astype(x.dtype)
+        keep = generator_for(xp).random(x.shape, dtype=x.dtype) >= p
+        mask = keep.astype(x.dtype)
         if p < 1:                          # (p == 1 keeps nothing: the mask is all zeros)
-            mask *= 1.0 / (1.0 - p)
+            mask = mask * (1.0 / (1.0 - p))
         self.mask = mask if self.needs_input_grad[0] else None
         return x * mask
 
@@ -77,17 +78,14 @@ class Softmax(Function):
 
     def forward(self, x, dim):
         xp = get_array_module(x)
-        y = x - x.max(axis=dim, keepdims=True)   # largest exponent is 0: no overflow
-        xp.exp(y, out=y)
-        y /= y.sum(axis=dim, keepdims=True)
+        e = xp.exp(x - x.max(axis=dim, keepdims=True))   # largest exponent is 0: no overflow
+        y = e / e.sum(axis=dim, keepdims=True)
         if self.needs_input_grad[0]:
             self.y, self.dim = y, dim
         return y
 
     def backward(self, gy):
-        gx = gy * self.y
-        gx -= self.y * gx.sum(axis=self.dim, keepdims=True)
-        return gx
+        return self.y * (gy - (gy * self.y).sum(axis=self.dim, keepdims=True))
 
 
 class LogSoftmax(Function):
@@ -106,10 +104,7 @@ class LogSoftmax(Function):
 
     def backward(self, gy):
         xp = get_array_module(gy)
-        gx = xp.exp(self.y)
-        gx *= -gy.sum(axis=self.dim, keepdims=True)
-        gx += gy
-        return gx
+        return gy - xp.exp(self.y) * gy.sum(axis=self.dim, keepdims=True)
 
 
 def softmax(x, dim=-1):

@@ -43,31 +43,26 @@ class CrossEntropy(Function):
         N, K = x.shape
         rows = xp.arange(N)
         z = x - x.max(axis=1, keepdims=True)                 # (N, K), max 0 per row
-        p = xp.exp(z)
-        sum_exp = p.sum(axis=1)                              # (N,), in [1, K]
+        exp_z = xp.exp(z)
+        sum_exp = exp_z.sum(axis=1)                          # (N,), in [1, K]
         lse = xp.log(sum_exp)
         loss = lse - z[rows, targets]                        # -log p_target
         if label_smoothing > 0:
-            loss *= 1 - label_smoothing
-            loss += label_smoothing * (lse - z.mean(axis=1))
+            loss = (1 - label_smoothing) * loss + label_smoothing * (lse - z.mean(axis=1))
         if self.needs_input_grad[0]:
-            p /= sum_exp[:, None]                            # softmax
-            self.p, self.targets, self.rows = p, targets, rows
+            self.p = exp_z / sum_exp[:, None]                # softmax
+            self.targets, self.rows = targets, rows
             self.reduction, self.label_smoothing = reduction, label_smoothing
         return _reduce(loss, reduction)
 
     def backward(self, gy):
         N, K = self.p.shape
         eps = self.label_smoothing
-        gx = self.p.copy()                       # p - q, with q built in place
-        if eps > 0:
-            gx -= eps / K
-        gx[self.rows, self.targets] -= 1 - eps
+        gx = self.p - eps / K                    # p - q: q is eps/K everywhere ...
+        gx[self.rows, self.targets] -= 1 - eps   # ... plus 1 - eps at the target
         if self.reduction == "none":
-            gx *= gy[:, None]
-        else:
-            gx *= gy / N if self.reduction == "mean" else gy
-        return gx
+            return gx * gy[:, None]
+        return gx * (gy / N if self.reduction == "mean" else gy)
 
 
 class NLLLoss(Function):
