@@ -2,16 +2,22 @@
 
     python benchmarks/ab_bench.py --other PATH        # PATH: another checkout (before a change)
     python benchmarks/ab_bench.py --reference         # the fast paths against the reference ops
+    python benchmarks/ab_bench.py --other .           # the same code on both sides: the harness's bias
     python benchmarks/ab_bench.py --other PATH --skip-width1 --repeats 20
 
-What is timed: the training step of benchmarks/train_steps.py (forward, the
-combined loss, backward, SGD with momentum) at batch 128 and inference (eval,
-no graph) at batch 256, at the CIFAR demo's CPU configuration and at width 1.
+What is timed: the training step of benchmarks/train_steps.py, rebuilt here
+for either package (forward, the combined loss, backward, SGD with momentum)
+at batch 128, and inference (eval, no graph) at batch 256, at the CIFAR
+demo's CPU configuration and at width 1.
 Both sides hold the same weights and data. Their runs are interleaved
-(A, B, A, B, ...), so that a change in the machine's load hits both, and the
-table gives medians and the ratio of throughputs B / A per case, with the
-spread of the pairwise ratios. With ``--other`` the other checkout's
-``tinygnet`` is imported under another name beside this one.
+in pairs, A B then B A, so that a change in the machine's load hits both
+alike, and the table gives medians and the ratio of throughputs B / A per
+case: of the two medians, and the median and quartiles of the pairs'
+ratios. With ``--other`` the other checkout's ``tinygnet`` is imported under
+another name beside this one.
+
+The harness has a bias of its own: ``--other .`` (this checkout against
+itself) measures it, and a difference smaller than that is no difference.
 """
 from __future__ import annotations
 
@@ -115,8 +121,9 @@ def pairs(a, b, repeats, warmup=1):
         for _ in range(warmup):
             fn()
     times = {"A": [], "B": []}
-    for _ in range(repeats):
-        for name, fn in (("A", a), ("B", b)):
+    for i in range(repeats):
+        order = (("A", a), ("B", b)) if i % 2 == 0 else (("B", b), ("A", a))   # A B B A A B ...
+        for name, fn in order:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -141,8 +148,9 @@ def main():
         configs.append(("width 1", dict(width=1.0, stem_stride=1), ARGS.width1_repeats))
     print(f"A: {label_a}\nB: {label_b}\nthreads {ARGS.threads}, numpy {np.__version__}, "
           f"load average {os.getloadavg()[0]:.2f}\n")
-    print("| case | A img/s | B img/s | B / A (median) | B / A pairwise min-max |")
-    print("|---|---:|---:|---:|---:|")
+    print("| case | A img/s | B img/s | B / A (of medians) | B / A (median of pairs) "
+          "| pairs' quartiles |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, cfg, repeats in configs:
         model_a = build(package_a, cfg)
         model_b = build(package_b, cfg, model_a.state_dict())
@@ -151,10 +159,11 @@ def main():
             a, b = pairs(make(package_a, model_a, batch), make(package_b, model_b, batch, fast_b),
                          repeats)
             ratio = a / b                                # throughput of B over A, pair by pair
+            low, high = np.percentile(ratio, [25, 75])
             print(f"| {case}, {name}, batch {batch} ({repeats} pairs) | "
                   f"{batch / np.median(a):.1f} | {batch / np.median(b):.1f} | "
-                  f"{np.median(a) / np.median(b):.3f} | {ratio.min():.3f}-{ratio.max():.3f} |",
-                  flush=True)
+                  f"{np.median(a) / np.median(b):.3f} | {np.median(ratio):.3f} | "
+                  f"{low:.3f}-{high:.3f} |", flush=True)
         del model_a, model_b
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
