@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from .. import backend
 from ..checkpoint import atomic_write
 from ..data import CIFAR10, DataLoader, DatasetError, Normalize, resolve_data_root
-from ..diagnostics import GradientMonitor, aux_layers, split_backward
+from ..diagnostics import GradientMonitor, split_backward
 from ..models import GoogLeNet, googlenet_loss
 from ..optim import SGD
 from ..tensor import Tensor, no_grad
@@ -73,6 +73,7 @@ QUICK_OVERRIDES = dict(steps=40, batch_size=32, width=0.125, split_every=4, test
 EARLY_LAYERS = ("conv1", "inception3a")     # the summary's "early layers"
 RUNS = ("aux", "no_aux")
 RUN_LABELS = {"aux": "with aux heads", "no_aux": "without aux heads"}
+AUX_HEADS = ("aux1", "aux2")                # GoogLeNet's auxiliary heads: top-level layers
 
 EXIT_DATA_ERROR = 1
 EXIT_USAGE = 2
@@ -205,7 +206,7 @@ def build_models(config: Config):
                    aux_dropout=config.aux_dropout)
     with_aux = GoogLeNet(aux=True, **options)
     without_aux = GoogLeNet(aux=False, **options)
-    heads = tuple(f"{name}." for name in aux_layers(with_aux))
+    heads = tuple(f"{name}." for name in AUX_HEADS)
     state = {k: v for k, v in with_aux.state_dict().items() if not k.startswith(heads)}
     without_aux.load_state_dict(state)          # strict: every trunk weight copied
     return with_aux.to(config.device), without_aux.to(config.device)
@@ -222,7 +223,7 @@ def train_run(name, model, config: Config, images, labels, progress=True) -> Run
                         seed=config.seed, drop_last=True)
     optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     monitor = GradientMonitor(model)
-    trunk = [layer for layer in dict.fromkeys(monitor.layers) if layer not in aux_layers(model)]
+    trunk = [layer for layer in dict.fromkeys(monitor.layers) if layer not in AUX_HEADS]
     model.train()
     losses, splits = [], []
     started = time.perf_counter()
@@ -235,7 +236,9 @@ def train_run(name, model, config: Config, images, labels, progress=True) -> Run
             parts = googlenet_loss(model(x), y, aux_weight=config.aux_weight)
             optimizer.zero_grad()
             if aux and step % config.split_every == 0:
-                splits.append((step, split_backward(model, parts, config.aux_weight, trunk)))
+                terms = {"main": (parts.main, 1.0), "aux1": (parts.aux1, config.aux_weight),
+                         "aux2": (parts.aux2, config.aux_weight)}
+                splits.append((step, split_backward(model, terms, trunk)))
             else:
                 parts.total.backward()
             monitor.record(step)
