@@ -131,6 +131,26 @@ def test_cpu_defaults_then_quick_then_flags():
     assert (given.width, given.aux, given.batchnorm) == (0.5, False, False)
     assert (given.lr, given.epochs) == (0.01, 3)
     assert given.eval_batch_size == 2 * given.batch_size
+    assert config.init == "he" and quick.init == "he"
+
+
+def test_init_flag_reaches_the_model(tmp_path):
+    config = cifar.resolve_config(parse("--device", "cpu", "--init", "xavier", "--no-batchnorm"))
+    assert config.init == "xavier"
+    trainer = quiet_trainer(tiny_config(tmp_path, init="xavier", batchnorm=False), tiny_data())
+    assert trainer.model.init == "xavier"
+    np.testing.assert_array_equal(trainer.model.conv1.bias.numpy(), np.float32(0.2))
+
+
+def test_a_checkpoint_from_before_init_resumes_as_he(tmp_path, capsys):
+    saved = dataclasses.asdict(tiny_config(tmp_path))
+    del saved["init"]
+    config = cifar.config_for_resume(parse("--device", "cpu"), saved, str(tmp_path / "c.npz"))
+    assert config.init == "he"
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, {"kind": "tinygnet.demo.cifar", "config": saved})
+    assert cifar.main(["--resume", str(path), "--init", "gaussian", "--device", "cpu"]) == 2
+    assert "--init gaussian (saved: he)" in capsys.readouterr().err
 
 
 def test_data_root_resolution(monkeypatch, tmp_path):
@@ -141,7 +161,7 @@ def test_data_root_resolution(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--lr", "-1"], ["--width", "abc"],
-                                  ["--dropout", "1"], ["--stem-stride", "3"]])
+                                  ["--dropout", "1"], ["--stem-stride", "3"], ["--init", "lecun"]])
 def test_bad_values_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         parse(*argv)

@@ -104,3 +104,12 @@ def test_default_is_he_and_the_scheme_shows_in_the_repr():
 def test_unknown_init_is_refused(init):
     with pytest.raises(ValueError, match="unknown init"):
         GoogLeNet(10, config="cifar", width=0.0625, init=init)
+
+
+@pytest.mark.parametrize("init", ["he", "xavier", "gaussian"])
+def test_one_seed_gives_the_same_trunk_with_and_without_aux_heads(init):
+    with_aux, without = build(init), build(init, aux=False)
+    trunk = without.state_dict()
+    assert set(trunk) < set(with_aux.state_dict())
+    for name, value in trunk.items():
+        np.testing.assert_array_equal(with_aux.state_dict()[name], value, err_msg=name)

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from .. import __version__, backend
 from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from ..data import CIFAR10, DataLoader, DatasetError, resolve_data_root
-from ..models import GoogLeNet, googlenet_loss
+from ..models import INITS, GoogLeNet, googlenet_loss
 from ..optim import EMA, SGD, Adam, AdamW, CosineAnnealingLR, OneCycleLR, StepLR
 from ..tensor import Tensor, no_grad
 from .common import (UsageError, non_negative_float, number, non_negative_int, positive_float,
@@ -127,6 +127,7 @@ class Config:
     log_every: int
     out: str
     quick: bool
+    init: str = "he"        # checkpoints saved before --init existed started from He
 
 
 # Settings that may differ when resuming (where things live, not what is computed).
@@ -183,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
                        help="batch norm after every conv (not in the 2014 paper; trains much "
                             "faster)" + _defaults("batchnorm"))
+    model.add_argument("--init", choices=INITS,
+                       help="how the conv and linear layers start: he (N(0, 2/fan_in)), xavier "
+                            "(the BVLC Caffe GoogLeNet: U(+-sqrt(3/fan_in)), biases 0.2) or "
+                            "gaussian (std 0.01, the AlexNet era); see GoogLeNet's docstring "
+                            "(default: he)")
     model.add_argument("--no-aux", dest="aux", action="store_false", default=None,
                        help="leave out the two auxiliary classifiers")
     model.add_argument("--aux-weight", type=non_negative_float, metavar="X",
@@ -420,7 +426,8 @@ class Trainer:
         self.model = GoogLeNet(num_classes=len(self.classes), config="cifar", aux=config.aux,
                                width=config.width, batchnorm=config.batchnorm,
                                dropout=config.dropout, aux_dropout=config.aux_dropout,
-                               stem_stride=config.stem_stride).to(config.device)
+                               stem_stride=config.stem_stride, init=config.init
+                               ).to(config.device)
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = make_schedule(config, self.optimizer, len(self.train_loader))
         self.ema = (EMA(self.model.parameters(), decay=config.ema, buffers=self.model.buffers())
@@ -692,7 +699,7 @@ def _run(argv) -> int:
     params = sum(p.size for p in trainer.model.parameters())
     print(f"tinygnet CIFAR-10 demo on {_device_name(config.device)}: GoogLeNet width {config.width}, "
           f"stem stride {config.stem_stride}, batch norm {'on' if config.batchnorm else 'off'}, "
-          f"aux heads {'on' if config.aux else 'off'}, {params:,} parameters; {len(train)} training "
+          f"{config.init} init, aux heads {'on' if config.aux else 'off'}, {params:,} parameters; {len(train)} training "
           f"and {len(test)} test images; {_plural(config.epochs, 'epoch')} of "
           f"{_plural(len(trainer.train_loader), 'step')}")
     if state is not None:

@@ -219,7 +219,8 @@ class GoogLeNet(nn.Module):
 
     The layers draw He weights as they are built; ``"xavier"`` and
     ``"gaussian"`` then redraw every conv and linear layer, so one seed gives
-    each scheme its own weights. Batch norm, when on, starts as the identity.
+    each scheme its own weights (and, for every scheme, the same trunk with
+    and without the aux heads). Batch norm, when on, starts as the identity.
     """
 
     def __init__(self, num_classes=1000, config="imagenet", aux=True, width=1.0,
@@ -267,6 +268,10 @@ class GoogLeNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.inception5b.out_channels, num_classes)
         self.fc.reset_parameters(nonlinearity="linear")    # feeds softmax, not a ReLU
+        # The layers drew He weights as they were built; another scheme redraws them, the
+        # trunk before the heads exist, so that aux=True and aux=False share a trunk.
+        if init != "he":
+            _redraw(self, init, classifiers=[self.fc])
 
         if aux:
             pooled = 2 if stem_stride == 2 else 4       # 14 or 16 pixels -> 4; 8 -> 2
@@ -274,18 +279,11 @@ class GoogLeNet(nn.Module):
                         pooled_size=pooled, dropout=aux_dropout, batchnorm=bn)
             self.aux1 = InceptionAux(self.inception4a.out_channels, num_classes, **head)
             self.aux2 = InceptionAux(self.inception4d.out_channels, num_classes, **head)
+            if init != "he":
+                for head in (self.aux1, self.aux2):
+                    _redraw(head, init, classifiers=[head.fc2])
         else:
             self.aux1 = self.aux2 = None
-        if init != "he":            # the layers drew He weights as they were built
-            self._initialise(init)
-
-    def _initialise(self, scheme):
-        """Redraw every conv and linear layer by "xavier" or "gaussian" (the class docstring)."""
-        classifiers = {id(head.fc2) for head in (self.aux1, self.aux2) if head is not None}
-        classifiers.add(id(self.fc))
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                _initialise_layer(module, scheme, feeds_relu=id(module) not in classifiers)
 
     def forward(self, x):
         self._check_input(x)
@@ -346,6 +344,14 @@ class GoogLeNet(nn.Module):
         if self.init != "he":
             text += f", init={self.init!r}"
         return text
+
+
+def _redraw(root, scheme, classifiers):
+    """Redraw every conv and linear layer under ``root`` by "xavier" or "gaussian"."""
+    classifiers = {id(layer) for layer in classifiers}
+    for module in root.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            _initialise_layer(module, scheme, feeds_relu=id(module) not in classifiers)
 
 
 def _initialise_layer(layer, scheme, feeds_relu):
