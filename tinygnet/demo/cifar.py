@@ -52,11 +52,12 @@ from tqdm.auto import tqdm
 from .. import __version__, backend
 from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from ..data import CIFAR10, DataLoader, DatasetError, resolve_data_root
-from ..models import GoogLeNet, googlenet_loss
+from ..models import GoogLeNet
 from ..optim import EMA, SGD, Adam, AdamW, CosineAnnealingLR, OneCycleLR, StepLR
-from ..tensor import Tensor, no_grad
+from . import training
 from .common import (UsageError, non_negative_float, number, non_negative_int, positive_float,
                      positive_int, probability, resolve_device)
+from .training import RunningMetrics
 
 PROG = "python -m tinygnet.demo cifar"
 
@@ -322,51 +323,8 @@ def load_cifar10(config: Config):
 
 
 # ==========================================================================
-# Training
+# A run: training with its bookkeeping (the loop itself is in training.py)
 # ==========================================================================
-class RunningMetrics:
-    """Sums of the loss parts and correct predictions over an epoch, kept on the device.
-
-    ``add`` only queues device work; ``means()`` reads the sums back (a host
-    sync on a GPU), so the loop calls it only every ``log_every`` steps.
-    """
-
-    PARTS = ("loss", "loss_main", "loss_aux1", "loss_aux2")
-
-    def __init__(self, xp):
-        self.xp = xp
-        self.sums = xp.zeros(len(self.PARTS), dtype=xp.float64)   # loss parts x images
-        self.correct = xp.zeros((), dtype=xp.int64)
-        self.images = 0
-        self.present = [True, True, False, False]   # aux parts: once the heads report
-
-    def add(self, losses, logits, labels):
-        n = len(labels)
-        for i, part in enumerate(losses):           # total, main, aux1, aux2
-            if part is not None:
-                self.sums[i] += part.data * n
-                self.present[i] = True
-        self.correct += (logits.data.argmax(axis=1) == labels).sum()
-        self.images += n
-
-    def means(self) -> dict:
-        sums = backend.to_numpy(self.sums)
-        n = max(self.images, 1)
-        values = {name: (float(s) / n if present else math.nan)
-                  for name, s, present in zip(self.PARTS, sums, self.present)}
-        values["train_acc"] = int(backend.to_numpy(self.correct)) / n
-        return values
-
-    def state_dict(self) -> dict:
-        return {"sums": backend.to_numpy(self.sums).copy(),
-                "correct": int(backend.to_numpy(self.correct)), "images": self.images, "present": list(self.present)}
-
-    def load_state_dict(self, state):
-        self.sums = self.xp.asarray(state["sums"])
-        self.correct = self.xp.asarray(state["correct"], dtype=self.xp.int64)
-        self.images, self.present = int(state["images"]), list(state["present"])
-
-
 class StopRequested:
     """Turns the first Ctrl-C into a flag the loop checks between steps.
 
@@ -489,35 +447,25 @@ class Trainer:
 
     def train_epoch(self) -> bool:
         """Train through the rest of the current epoch; False if stopped part-way."""
-        config, model, xp = self.config, self.model, self.xp
-        model.train()
+        config = self.config
         if self.step == 0:
-            self.running = RunningMetrics(xp)
+            self.running = RunningMetrics(self.xp)
         started = time.perf_counter()
-        total = len(self.train_loader.labels)
-        bar = tqdm(total=total, initial=self.running.images, unit="img",
+        steps = training.train_epoch(self.model, self.train_loader, self.optimizer, self.scheduler,
+                                     self.running, config.device, aux_weight=config.aux_weight,
+                                     label_smoothing=config.label_smoothing, ema=self.ema)
+        bar = tqdm(total=len(self.train_loader.labels), initial=self.running.images, unit="img",
                    desc=f"epoch {self.epoch + 1}/{config.epochs}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
         with bar:
-            for images, labels in self.train_loader:
-                x = Tensor(backend.to_device(images, config.device))   # N x 3 x 32 x 32
-                y = backend.to_device(labels, config.device)           # N
-                outputs = model(x)
-                # Host labels: cross_entropy checks them on the host, with no GPU sync.
-                losses = googlenet_loss(outputs, labels, aux_weight=config.aux_weight,
-                                        label_smoothing=config.label_smoothing)
-                self.optimizer.zero_grad()
-                losses.total.backward()
-                self.optimizer.step()
-                self.scheduler.step()
-                if self.ema is not None:
-                    self.ema.update()
-                self.running.add(losses, outputs.logits, y)
+            images_before = self.running.images
+            for _ in steps:
                 self.step += 1
                 last = self.step == len(self.train_loader)
                 if self.step % config.log_every == 0 or last:     # reads values: a host sync
                     bar.set_postfix_str(self._postfix(self.running.means()), refresh=False)
-                bar.update(len(labels))
+                bar.update(self.running.images - images_before)
+                images_before = self.running.images
                 if self.stop.requested and not last:
                     self.train_seconds += time.perf_counter() - started
                     return False
@@ -533,20 +481,10 @@ class Trainer:
 
     def evaluate(self):
         """Test accuracy of the main head in eval mode (EMA weights if on) and the confusion matrix."""
-        model, xp = self.model, self.xp
-        model.eval()
-        predictions = []
         averaged = self.ema.averaged() if self.ema is not None else nullcontext()
-        with no_grad(), averaged:
-            for images, _ in self.test_loader:
-                logits = model(Tensor(backend.to_device(images, self.config.device)))  # N x 10
-                predictions.append(logits.data.argmax(axis=1))
-        model.train()
-        predicted = backend.to_numpy(xp.concatenate(predictions))
-        truth = self.test_loader.labels
-        k = len(self.classes)
-        confusion = np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
-        return float(np.trace(confusion) / max(confusion.sum(), 1)), confusion
+        with averaged:
+            return training.evaluate(self.model, self.test_loader, self.config.device,
+                                     num_classes=len(self.classes))
 
     def end_epoch(self, test_acc, confusion, test_seconds) -> None:
         """Record the epoch, print its line, write metrics, plots and checkpoints."""
