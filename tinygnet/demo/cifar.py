@@ -56,7 +56,7 @@ from ..models import GoogLeNet
 from ..optim import EMA, SGD, Adam, AdamW, CosineAnnealingLR, OneCycleLR, StepLR
 from . import training
 from .common import (UsageError, non_negative_float, number, non_negative_int, positive_float,
-                     positive_int, probability, resolve_device)
+                     positive_int, probability, resolve_device, write_text)
 from .training import RunningMetrics
 
 PROG = "python -m tinygnet.demo cifar"
@@ -529,7 +529,7 @@ class Trainer:
         writer.writeheader()
         for row in self.history:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        _write_text(os.path.join(self.config.out, "metrics.csv"), text.getvalue())
+        write_text(os.path.join(self.config.out, "metrics.csv"), text.getvalue())
 
     def write_plots(self, confusion) -> None:
         from .plots import plot_curves, plot_per_class
@@ -543,11 +543,6 @@ class Trainer:
                 "best_test_acc": best["test_acc"] if best else None,
                 "best_epoch": best["epoch"] if best else None,
                 "seconds": self.seconds, "confusion": self.confusion}
-
-
-def _write_text(path, text: str) -> None:
-    data = text.encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
 
 
 def make_optimizer(config: Config, model):
@@ -665,7 +660,7 @@ def _write_config(config: Config, argv, params) -> None:
               "tinygnet": __version__, "numpy": np.__version__,
               "python": platform.python_version(), "machine": platform.platform(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
+    write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
 
 
 def _plural(count, noun) -> str:

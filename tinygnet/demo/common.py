@@ -1,8 +1,9 @@
-"""Pieces the demos share: option parsing, option errors and the choice of device."""
+"""Pieces the demos share: option parsing, option errors, the choice of device, text files."""
 import argparse
 import math
 
 from .. import backend
+from ..checkpoint import atomic_write
 
 
 class UsageError(Exception):
@@ -41,3 +42,9 @@ non_negative_int = number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = number(float, lambda v: v > 0 and math.isfinite(v), "a number > 0")
 non_negative_float = number(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
 probability = number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` as UTF-8, atomically (old content or new, never half)."""
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))

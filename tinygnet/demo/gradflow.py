@@ -54,14 +54,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import backend
-from ..checkpoint import atomic_write
 from ..data import CIFAR10, DataLoader, DatasetError, Normalize, resolve_data_root
 from ..diagnostics import GradientMonitor, aux_layers, split_backward
 from ..models import GoogLeNet, googlenet_loss
 from ..optim import SGD
 from ..tensor import Tensor, no_grad
 from .common import (UsageError, non_negative_float, non_negative_int, positive_float,
-                     positive_int, probability, resolve_device)
+                     positive_int, probability, resolve_device, write_text)
+from .plots import new_figure, save_figure
 
 PROG = "python -m tinygnet.demo gradflow"
 
@@ -375,17 +375,7 @@ def write_csv(results, config: Config, path) -> None:
     writer.writerow(["run", "step", "quantity", "layer", "value"])
     for run, step, quantity, layer, value in csv_rows(results, config):
         writer.writerow([run, step, quantity, layer, f"{float(value):.6g}"])
-    data = text.getvalue().encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
-
-
-def _figure(width, height):
-    from matplotlib.figure import Figure     # imported on first use: matplotlib loads slowly
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _save(figure, path) -> None:
-    atomic_write(path, lambda f: figure.savefig(f, format="png"))
+    write_text(path, text.getvalue())
 
 
 def _smooth(values, window):
@@ -402,7 +392,7 @@ def plot_gradflow(results, config: Config, path) -> None:
     trunk = [layer for layer in a.layers if layer not in a.aux_layers]
     x = np.arange(len(trunk))
     x_aux = len(trunk) + 0.5 + np.arange(len(a.aux_layers))
-    figure = _figure(17, 5.2)
+    figure = new_figure(17, 5.2)
     norms, ratio, loss = figure.subplots(1, 3, width_ratios=[1.35, 1.1, 1])
     colors = [f"C{i}" for i in range(10)]
     for i, point in enumerate(plot_points(config)):
@@ -440,7 +430,7 @@ def plot_gradflow(results, config: Config, path) -> None:
     loss.set(xlabel="step", ylabel="cross-entropy", title=f"training loss (mean of {window} steps)")
     loss.legend(fontsize=8)
     loss.grid(alpha=0.3)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_split(results, config: Config, path) -> None:
@@ -448,7 +438,7 @@ def plot_split(results, config: Config, path) -> None:
     a = results["aux"]
     layers = list(a.splits[0][1])
     x = np.arange(len(layers))
-    figure = _figure(17, 5.2)
+    figure = new_figure(17, 5.2)
     per_layer, shares, cosines = figure.subplots(1, 3, width_ratios=[1.35, 1, 1])
     late = late_splits(a.splits, config)
     first = {layer: mean_split(a.splits[:1], layer) for layer in layers}
@@ -486,7 +476,7 @@ def plot_split(results, config: Config, path) -> None:
                 title="do the heads push the same way?")
     cosines.legend(fontsize=7)
     cosines.grid(alpha=0.3)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def summary_lines(results, config: Config) -> list:
@@ -561,7 +551,7 @@ def main(argv=None) -> int:
     record = {"config": dataclasses.asdict(config), "command": " ".join([PROG] + argv),
               "machine": f"{os.cpu_count()} CPU cores" if config.device == "cpu" else config.device,
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
+    write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
     try:
         results = run_experiment(config, train_arrays, test_arrays, progress=args.progress)
     except KeyboardInterrupt:
@@ -576,11 +566,6 @@ def main(argv=None) -> int:
         print(line)
     print(f"\noutputs in {config.out}: gradflow.png, gradflow_split.png, gradflow.csv, config.json")
     return 0
-
-
-def _write_text(path, text: str) -> None:
-    data = text.encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
 
 
 if __name__ == "__main__":
