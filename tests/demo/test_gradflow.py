@@ -5,6 +5,7 @@ network narrow enough that a step takes milliseconds.
 """
 import csv
 import json
+import os
 from collections import defaultdict
 
 import numpy as np
@@ -134,3 +135,52 @@ def test_missing_data_and_bad_options_fail_cleanly(tmp_path, capsys):
     assert stop.value.code == 2
     with pytest.raises(SystemExit):
         gradflow.main(["--stem-stride", "3"])
+
+
+def test_a_diverging_run_stops_at_once_and_says_so(fake_cifar, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = gradflow.main(["--data", fake_cifar, "--out", str(out), "--lr", "1e4"] + TINY)
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("python -m tinygnet.demo gradflow: error: run 'with aux heads' "
+                          "diverged: the loss is nan")
+    assert "at step 2 of 5; stopped. Try a smaller --lr (this run: 10000)" in err
+    assert err.count("\n") == 1 and "Warning" not in err
+    assert os.listdir(out) == ["config.json"]
+
+
+@pytest.mark.parametrize("out, words", [
+    ("a-file", "--out {out} is a file, not a folder"),
+    ("a-file/run", "--out {out} lies under {file}, which is a file, not a folder"),
+])
+def test_out_that_is_or_lies_under_a_file_is_refused_before_the_data(tmp_path, capsys, out, words):
+    (tmp_path / "a-file").write_text("notes")
+    out = tmp_path / out
+    status = gradflow.main(["--out", str(out), "--data", str(tmp_path / "no-data"), "--no-download"])
+    assert status == 2
+    assert capsys.readouterr().err == (f"python -m tinygnet.demo gradflow: error: "
+                                       f"{words.format(out=out, file=tmp_path / 'a-file')}; "
+                                       f"choose a folder with --out DIR\n")
+
+
+def test_an_existing_run_is_refused_unless_overwrite(fake_cifar, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gradflow.csv").write_text("an earlier run\n")
+    (out / "notes.txt").write_text("mine")
+    argv = ["--data", fake_cifar, "--out", str(out)] + TINY
+    assert gradflow.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"python -m tinygnet.demo gradflow: error: --out {out} already holds a run "
+        f"(gradflow.csv): start it over with --overwrite (which replaces those files), or "
+        f"choose another --out\n")
+    assert (out / "gradflow.csv").read_text() == "an earlier run\n"
+    assert gradflow.main(argv + ["--overwrite", "--steps", "2", "--split-every", "1"]) == 0
+    assert (out / "gradflow.csv").read_text().startswith("run,step,quantity,layer,value\n")
+    assert (out / "notes.txt").read_text() == "mine"          # not a file of the run: kept
+
+
+def test_momentum_is_bounded_as_pytorch_users_expect(capsys):
+    with pytest.raises(SystemExit) as stop:
+        gradflow.main(["--momentum", "5"])
+    assert stop.value.code == 2 and "'5': must be in [0, 1)" in capsys.readouterr().err

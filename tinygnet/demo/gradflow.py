@@ -59,8 +59,10 @@ from ..diagnostics import GradientMonitor, aux_layers, split_backward
 from ..models import GoogLeNet, googlenet_loss
 from ..optim import SGD
 from ..tensor import Tensor, no_grad
-from .common import (UsageError, non_negative_float, non_negative_int, positive_float,
-                     positive_int, probability, resolve_device, write_text)
+from .common import (TrainingDiverged, UsageError, check_out_folder, claim_out_folder,
+                     default_out_folder, describe_loss, exit_status, momentum_factor,
+                     non_negative_float, non_negative_int, positive_float, positive_int,
+                     probability, resolve_device, sigterm_interrupts, write_text)
 from .plots import new_figure, save_figure
 
 PROG = "python -m tinygnet.demo gradflow"
@@ -73,8 +75,9 @@ QUICK_OVERRIDES = dict(steps=40, batch_size=32, width=0.125, split_every=4, test
 EARLY_LAYERS = ("conv1", "inception3a")     # the summary's "early layers"
 RUNS = ("aux", "no_aux")
 RUN_LABELS = {"aux": "with aux heads", "no_aux": "without aux heads"}
+OUTPUTS = ("gradflow.png", "gradflow_split.png", "gradflow.csv", "config.json")   # in --out
 
-EXIT_DATA_ERROR = 1
+EXIT_FAILURE = 1          # data or file errors, and a diverged run
 EXIT_USAGE = 2
 
 
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stem-stride", "stride of conv1; 2 runs the Inception stages at 16/8/4 pixels",
         type=int, choices=(1, 2))
     add("--lr", "SGD learning rate (constant)", type=positive_float, metavar="X")
-    add("--momentum", "SGD momentum", type=non_negative_float, metavar="X")
+    add("--momentum", "SGD momentum", type=momentum_factor, metavar="X")
     add("--aux-weight", "weight of each aux loss in run (a); the paper's is 0.3",
         type=non_negative_float, metavar="X")
     add("--dropout", "dropout before the main classifier; the paper's is 0.4",
@@ -134,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="never download CIFAR-10; fail if it is not found")
     parser.add_argument("--out", metavar="DIR",
                         help="output folder (default: runs/gradflow-DATE-TIME)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an --out that holds an earlier run, replacing its "
+                             "outputs (without it, such an --out is refused)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars")
     return parser
@@ -177,7 +183,7 @@ def resolve_config(args) -> Config:
     values.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
     return Config(**values, device=resolve_device(args.device), data=resolve_data_root(args.data),
                   download=args.download, quick=args.quick,
-                  out=args.out or os.path.join("runs", time.strftime("gradflow-%Y%m%d-%H%M%S")))
+                  out=args.out or default_out_folder("gradflow"))
 
 
 # ==========================================================================
@@ -242,14 +248,15 @@ def train_run(name, model, config: Config, images, labels, progress=True) -> Run
             optimizer.step()
             nan = xp.asarray(math.nan, dtype=parts.main.dtype)
             losses.append(xp.stack([nan if p is None else p.data for p in parts]))  # no host sync
+            if not math.isfinite(float(parts.total.item())):     # a host sync, as record()'s
+                values = [None if p is None else float(p.item()) for p in parts]
+                raise TrainingDiverged(f"run {RUN_LABELS[name]!r} diverged: the loss is "
+                                       f"{describe_loss(values)} at step {step + 1} of {config.steps}")
             if step % 10 == 0 or step == config.steps - 1:
                 bar.set_postfix_str(f"loss {float(parts.total.item()):.3f}", refresh=False)
             bar.update()
     seconds = time.perf_counter() - started
     losses = backend.to_numpy(xp.stack(losses)).astype(np.float64)
-    if not np.isfinite(losses[:, 0]).all():
-        print(f"warning: run {RUN_LABELS[name]!r}: the loss became NaN/inf; try a smaller --lr",
-              file=sys.stderr)
     layers = list(monitor.history[0].by_layer())
     tables = [record.by_layer() for record in monitor.history]
     grad_norms = np.array([[t[layer]["grad_norm"] for layer in layers] for t in tables])
@@ -519,11 +526,22 @@ def summary_lines(results, config: Config) -> list:
 # main
 # ==========================================================================
 def main(argv=None) -> int:
-    """Run the experiment; returns the exit status (0, 1 data error, 2 usage, 130 Ctrl-C)."""
+    """Run the experiment; returns the exit status: 0, 1 (data or file error, or a run diverged),
+    2 (usage), 130 (Ctrl-C) or 143 (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
+        with sigterm_interrupts():
+            return _run(args, argv)
+    except KeyboardInterrupt as stop:
+        print(f"\n{PROG}: stopped", file=sys.stderr)
+        return exit_status(stop)
+
+
+def _run(args, argv) -> int:
+    try:
         config = resolve_config(args)
+        check_out_folder(config.out, OUTPUTS, given=args.out is not None, replace=args.overwrite)
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -533,7 +551,7 @@ def main(argv=None) -> int:
                 if config.test_images else None)
     except DatasetError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_DATA_ERROR
+        return EXIT_FAILURE
     n = config.train_images
     train_arrays = (train.images[:n], train.labels[:n])
     test_arrays = None if test is None else (test.images[:config.test_images],
@@ -547,20 +565,27 @@ def main(argv=None) -> int:
           f"stem stride {config.stem_stride}; {config.steps} steps of {config.batch_size} images, "
           f"SGD lr {config.lr} momentum {config.momentum}; run (a) with aux heads "
           f"(weight {config.aux_weight}), run (b) without, same initial weights")
-    os.makedirs(config.out, exist_ok=True)
-    record = {"config": dataclasses.asdict(config), "command": " ".join([PROG] + argv),
-              "machine": f"{os.cpu_count()} CPU cores" if config.device == "cpu" else config.device,
-              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
     try:
-        results = run_experiment(config, train_arrays, test_arrays, progress=args.progress)
-    except KeyboardInterrupt:
-        print(f"\n{PROG}: stopped", file=sys.stderr)
-        return 130
-
-    write_csv(results, config, os.path.join(config.out, "gradflow.csv"))
-    plot_gradflow(results, config, os.path.join(config.out, "gradflow.png"))
-    plot_split(results, config, os.path.join(config.out, "gradflow_split.png"))
+        config.out = claim_out_folder(config.out, OUTPUTS, given=args.out is not None,
+                                      replace=args.overwrite)
+        record = {"config": dataclasses.asdict(config), "command": " ".join([PROG] + argv),
+                  "machine": f"{os.cpu_count()} CPU cores" if config.device == "cpu" else config.device,
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
+        # Each step checks its loss (train_run); NumPy's warnings would only repeat it.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            results = run_experiment(config, train_arrays, test_arrays, progress=args.progress)
+        write_csv(results, config, os.path.join(config.out, "gradflow.csv"))
+        plot_gradflow(results, config, os.path.join(config.out, "gradflow.png"))
+        plot_split(results, config, os.path.join(config.out, "gradflow_split.png"))
+    except TrainingDiverged as error:
+        print(f"{PROG}: error: {error}; stopped. Try a smaller --lr (this run: {config.lr:g})",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as error:       # disk full, a folder made read-only during the run...
+        print(f"{PROG}: error: cannot write {error.filename or config.out}: {error.strerror}",
+              file=sys.stderr)
+        return EXIT_FAILURE
     print()
     for line in summary_lines(results, config):
         print(line)
