@@ -12,22 +12,31 @@ What one run does:
 2. load CIFAR-10 (``tinygnet.data``), build GoogLeNet, the optimiser, the
    learning-rate schedule and optionally an EMA of the weights;
 3. each epoch: train with a progress bar (loss and its main/aux1/aux2 parts,
-   images/s), test with the main head only in eval mode, append a row to
-   ``metrics.csv``, redraw ``curves.png`` and ``per_class.png``, and write
-   ``checkpoint.npz`` (and ``best.npz`` when the test accuracy improves),
-   each file atomically;
+   images/s; the loop itself is ``training.py``), test with the main head
+   only in eval mode, write ``checkpoint.npz``, then ``best.npz`` when the
+   test accuracy improves, then ``metrics.csv``, ``curves.png`` and
+   ``per_class.png``, each file atomically;
 4. at the end print the final and best test accuracy, the time and the
    per-class accuracy.
+
+Nothing saved is lost. ``--out`` is checked before any data is loaded; one
+that holds an earlier run is refused unless ``--overwrite``. ``checkpoint.npz``
+is written first at the end of an epoch: the other outputs are derived from
+it, so a kill at any moment leaves them at most one epoch behind it, and
+``--resume`` brings them up to date. A loss that is NaN or infinite stops the
+run (exit status 1) before anything of it is saved.
 
 Resuming: a checkpoint holds everything the run depends on (weights,
 optimiser, schedule position, EMA, the data loader's and tinygnet's random
 streams, the metrics so far), so ``--resume`` continues exactly as if the run
-had never stopped. Ctrl-C stops at the end of the current step, saves a
-checkpoint (mid-epoch if need be) and prints how to resume; a second Ctrl-C
-stops at once, keeping the last checkpoint.
+had never stopped. Ctrl-C, or SIGTERM (``timeout``, schedulers, ``docker
+stop``), stops at the end of the current step, saves a checkpoint (mid-epoch
+if need be) and prints how to resume; a second one stops at once, keeping the
+last checkpoint.
 
 No per-step host syncs: on a GPU the running losses and correct counts are
-summed on the device and read only every ``log_every`` steps.
+summed on the device and read only every ``log_every`` steps (which is also
+how often a diverging loss is noticed).
 """
 from __future__ import annotations
 
@@ -52,11 +61,14 @@ from tqdm.auto import tqdm
 from .. import __version__, backend
 from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from ..data import CIFAR10, DataLoader, DatasetError, resolve_data_root
-from ..models import INITS, GoogLeNet, googlenet_loss
+from ..models import INITS, GoogLeNet
 from ..optim import EMA, SGD, Adam, AdamW, CosineAnnealingLR, OneCycleLR, StepLR
-from ..tensor import Tensor, no_grad
-from .common import (UsageError, non_negative_float, number, non_negative_int, positive_float,
-                     positive_int, probability, resolve_device)
+from . import training
+from .common import (Interrupted, TrainingDiverged, UsageError, check_out_folder,
+                     claim_out_folder, default_out_folder, describe_loss, exit_status,
+                     momentum_factor, non_negative_float, non_negative_int, number, positive_float,
+                     positive_int, probability, resolve_device, sigterm_interrupts, write_text)
+from .training import RunningMetrics
 
 PROG = "python -m tinygnet.demo cifar"
 
@@ -92,9 +104,13 @@ QUICK_OVERRIDES = dict(epochs=1, width=0.125, stem_stride=2, batch_size=64,
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "paper", "constant")
 
-EXIT_DATA_ERROR = 1
+EXIT_FAILURE = 1           # data, checkpoint or file errors, and a diverged run
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130     # the shell's convention for "stopped by Ctrl-C"
+# Interrupted by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM), the shell's convention.
+
+CHECKPOINT_KIND = "tinygnet.demo.cifar"
+PLOTS = ("curves.png", "per_class.png")
+OUTPUTS = ("config.json", "metrics.csv", "checkpoint.npz", "best.npz") + PLOTS   # in --out
 
 
 @dataclasses.dataclass
@@ -146,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and saved to OUT/config.json.",
         epilog="Outputs in --out: config.json, metrics.csv, curves.png, per_class.png, "
                "checkpoint.npz (every epoch) and best.npz (best test accuracy). "
-               "Ctrl-C saves a checkpoint; continue with --resume OUT/checkpoint.npz.")
+               "Ctrl-C or SIGTERM saves a checkpoint; continue with --resume OUT/checkpoint.npz. "
+               "A loss that becomes NaN or infinite stops the run (exit status 1).")
     # Defaults are None: "not given", so device defaults and --resume can tell.
     run = parser.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -169,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-batch-size", type=positive_int, metavar="N",
                      help="images per step when testing (default: 2 x batch size)")
     run.add_argument("--log-every", type=positive_int, metavar="N",
-                     help="steps between progress-bar updates of the losses: each update reads "
-                          "values back from the GPU (default: 1 on the CPU, 25 on a GPU)")
+                     help="steps between reads of the losses, for the progress bar and to stop "
+                          "a diverging run: each read waits for the GPU (default: 1 on the CPU, "
+                          "25 on a GPU)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bar (the per-epoch lines are still printed)")
 
@@ -205,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lr", type=positive_float, metavar="X",
                        help="learning rate: the peak of the one-cycle schedule, else the initial one"
                        + _defaults("lr"))
-    optim.add_argument("--momentum", type=non_negative_float, metavar="X",
+    optim.add_argument("--momentum", type=momentum_factor, metavar="X",
                        help="SGD momentum" + _defaults("momentum"))
     optim.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                        help="Nesterov momentum for SGD" + _defaults("nesterov"))
@@ -235,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "checkpoint's folder)")
     files.add_argument("--resume", metavar="PATH",
                        help="continue the run saved in this checkpoint exactly where it stopped")
+    files.add_argument("--overwrite", action="store_true",
+                       help="start over in an --out that holds an earlier run, replacing its "
+                            "outputs (without it, such an --out is refused)")
     return parser
 
 
@@ -264,7 +285,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     values["device"] = device
     values["data"] = resolve_data_root(args.data)
     values.setdefault("eval_batch_size", 2 * values["batch_size"])
-    values.setdefault("out", os.path.join("runs", time.strftime("cifar-%Y%m%d-%H%M%S")))
+    values.setdefault("out", default_out_folder("cifar"))
     return Config(**values)
 
 
@@ -328,80 +349,48 @@ def load_cifar10(config: Config):
 
 
 # ==========================================================================
-# Training
+# A run: training with its bookkeeping (the loop itself is in training.py)
 # ==========================================================================
-class RunningMetrics:
-    """Sums of the loss parts and correct predictions over an epoch, kept on the device.
-
-    ``add`` only queues device work; ``means()`` reads the sums back (a host
-    sync on a GPU), so the loop calls it only every ``log_every`` steps.
-    """
-
-    PARTS = ("loss", "loss_main", "loss_aux1", "loss_aux2")
-
-    def __init__(self, xp):
-        self.xp = xp
-        self.sums = xp.zeros(len(self.PARTS), dtype=xp.float64)   # loss parts x images
-        self.correct = xp.zeros((), dtype=xp.int64)
-        self.images = 0
-        self.present = [True, True, False, False]   # aux parts: once the heads report
-
-    def add(self, losses, logits, labels):
-        n = len(labels)
-        for i, part in enumerate(losses):           # total, main, aux1, aux2
-            if part is not None:
-                self.sums[i] += part.data * n
-                self.present[i] = True
-        self.correct += (logits.data.argmax(axis=1) == labels).sum()
-        self.images += n
-
-    def means(self) -> dict:
-        sums = backend.to_numpy(self.sums)
-        n = max(self.images, 1)
-        values = {name: (float(s) / n if present else math.nan)
-                  for name, s, present in zip(self.PARTS, sums, self.present)}
-        values["train_acc"] = int(backend.to_numpy(self.correct)) / n
-        return values
-
-    def state_dict(self) -> dict:
-        return {"sums": backend.to_numpy(self.sums).copy(),
-                "correct": int(backend.to_numpy(self.correct)), "images": self.images, "present": list(self.present)}
-
-    def load_state_dict(self, state):
-        self.sums = self.xp.asarray(state["sums"])
-        self.correct = self.xp.asarray(state["correct"], dtype=self.xp.int64)
-        self.images, self.present = int(state["images"]), list(state["present"])
-
-
 class StopRequested:
-    """Turns the first Ctrl-C into a flag the loop checks between steps.
+    """Turns the first Ctrl-C or SIGTERM into a flag the loop checks between steps.
 
-    Stopping between steps keeps the state consistent (never half an
-    optimiser update), so the checkpoint saved then resumes exactly. A second
-    Ctrl-C raises KeyboardInterrupt at once.
+    SIGTERM is what ``timeout``, batch schedulers and ``docker stop`` send:
+    it is treated as Ctrl-C is. Stopping between steps keeps the state
+    consistent (never half an optimiser update), so the checkpoint saved then
+    resumes exactly. A second signal raises ``Interrupted`` at once.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
+        self.signum = None        # the signal that asked to stop, if any
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     @contextmanager
     def installed(self, log):
         def handler(signum, frame):
             if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            log("\nCtrl-C: stopping after this step and saving a checkpoint "
-                "(press Ctrl-C again to stop at once)")
+                raise Interrupted(signum)
+            self.signum = signum
+            name, again = (("Ctrl-C", "press Ctrl-C again") if signum == signal.SIGINT else
+                           (signal.Signals(signum).name, f"send {signal.Signals(signum).name} again"))
+            log(f"\n{name}: stopping after this step and saving a checkpoint ({again} to stop at once)")
 
+        previous = {}
         try:
-            previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:            # not the main thread: leave Ctrl-C alone
+            for signum in self.SIGNALS:
+                previous[signum] = signal.signal(signum, handler)
+        except ValueError:            # not the main thread: signals are not ours to handle
             yield self
             return
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, old in previous.items():
+                signal.signal(signum, old)
 
 
 class Trainer:
@@ -410,6 +399,13 @@ class Trainer:
     ``Trainer(config, train, test).fit()`` trains for ``config.epochs``
     epochs, writing every output into ``config.out``. ``state_dict()`` /
     ``load_state_dict()`` are what the checkpoints hold.
+
+    What a kill at any moment leaves: every file is written atomically, and
+    at the end of an epoch ``checkpoint.npz`` is written first. It is the
+    record of the run; ``best.npz``, ``metrics.csv`` and the plots are
+    derived from it, written after it, so they are never ahead of it: a kill
+    between the writes leaves them one epoch behind, and ``repair_outputs``
+    (run on ``--resume``) brings them up to date.
     """
 
     def __init__(self, config: Config, train: ArrayDataset, test: ArrayDataset,
@@ -444,7 +440,7 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         return {
-            "kind": "tinygnet.demo.cifar",
+            "kind": CHECKPOINT_KIND,
             "config": dataclasses.asdict(self.config),
             "epoch": self.epoch, "step": self.step,
             "model": self.model.state_dict(),
@@ -473,19 +469,54 @@ class Trainer:
         self.seconds, self.train_seconds = float(state["seconds"]), float(state["train_seconds"])
 
     def save(self, name="checkpoint.npz") -> str:
+        """Write the state to ``OUT/name`` atomically; never a state with non-finite weights."""
+        self.check_weights()
         path = os.path.join(self.config.out, name)
         save_checkpoint(path, self.state_dict())
         return path
 
+    # ---------------------------------------------------------- divergence
+    def check_losses(self, unread) -> None:
+        """Raise TrainingDiverged if a loss of the last ``len(unread)`` steps is NaN or infinite.
+
+        ``unread``: each step's (total, main, aux1, aux2) arrays, still on the
+        device; reading them back is the one host sync.
+        """
+        totals = backend.to_numpy(self.xp.stack([parts[0] for parts in unread]))
+        if np.isfinite(totals).all():
+            return
+        first = int(np.flatnonzero(~np.isfinite(totals))[0])
+        parts = [None if a is None else float(backend.to_numpy(a)) for a in unread[first]]
+        step = self.step - len(unread) + 1 + first
+        raise TrainingDiverged(f"the loss is {describe_loss(parts)} at epoch {self.epoch + 1}, "
+                               f"step {step} of {len(self.train_loader)}")
+
+    def check_weights(self) -> None:
+        """Raise TrainingDiverged if a parameter or buffer holds a NaN or an infinity."""
+        tensors = list(self.model.named_parameters()) + list(self.model.named_buffers())
+        finite = backend.to_numpy(self.xp.stack([self.xp.isfinite(t.data).all()
+                                                 for _, t in tensors]))
+        if not finite.all():
+            name = tensors[int(np.flatnonzero(~finite)[0])][0]
+            raise TrainingDiverged(f"the weights hold NaN or infinite values ({name} first) at "
+                                   f"epoch {self.epoch + 1}, step {self.step}")
+
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict:
-        """Train until ``config.epochs``; returns a summary (``interrupted`` if Ctrl-C stopped it)."""
+        """Train until ``config.epochs``; returns a summary (``interrupted`` if a signal stopped it).
+
+        Raises TrainingDiverged (having saved nothing of the diverged state)
+        when the loss stops being a number.
+        """
         config = self.config
-        os.makedirs(config.out, exist_ok=True)
-        with self.stop.installed(self.log):
+        # The run checks its losses and weights itself (check_losses, check_weights); NumPy's
+        # warnings about the same NaNs and overflows would only say it less clearly.
+        with self.stop.installed(self.log), np.errstate(over="ignore", invalid="ignore",
+                                                        divide="ignore"):
             while self.epoch < config.epochs:
                 if not self.train_epoch():
                     return self.summary(interrupted=True, checkpoint=self.save())
+                self.check_weights()      # the last step's update is in no loss checked yet
                 started = time.perf_counter()
                 test_acc, confusion = self.evaluate()
                 self.end_epoch(test_acc, confusion, test_seconds=time.perf_counter() - started)
@@ -495,68 +526,57 @@ class Trainer:
         return self.summary(interrupted=False)
 
     def train_epoch(self) -> bool:
-        """Train through the rest of the current epoch; False if stopped part-way."""
-        config, model, xp = self.config, self.model, self.xp
-        model.train()
+        """Train through the rest of the current epoch; False if stopped part-way.
+
+        Every ``log_every`` steps, at the last step of the epoch and before
+        stopping, the losses are read back: for the progress bar, and to stop
+        a diverging run (``check_losses``) before any of it is saved.
+        """
+        config = self.config
         if self.step == 0:
-            self.running = RunningMetrics(xp)
+            self.running = RunningMetrics(self.xp)
         started = time.perf_counter()
-        total = len(self.train_loader.labels)
-        bar = tqdm(total=total, initial=self.running.images, unit="img",
+        steps = training.train_epoch(self.model, self.train_loader, self.optimizer, self.scheduler,
+                                     self.running, config.device, aux_weight=config.aux_weight,
+                                     label_smoothing=config.label_smoothing, ema=self.ema)
+        bar = tqdm(total=len(self.train_loader.labels), initial=self.running.images, unit="img",
                    desc=f"epoch {self.epoch + 1}/{config.epochs}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
+        unread = []               # each step's loss parts since the last read, on the device
         with bar:
-            for images, labels in self.train_loader:
-                x = Tensor(backend.to_device(images, config.device))   # N x 3 x 32 x 32
-                y = backend.to_device(labels, config.device)           # N
-                outputs = model(x)
-                # Host labels: cross_entropy checks them on the host, with no GPU sync.
-                losses = googlenet_loss(outputs, labels, aux_weight=config.aux_weight,
-                                        label_smoothing=config.label_smoothing)
-                self.optimizer.zero_grad()
-                losses.total.backward()
-                self.optimizer.step()
-                self.scheduler.step()
-                if self.ema is not None:
-                    self.ema.update()
-                self.running.add(losses, outputs.logits, y)
+            images_before = self.running.images
+            for losses in steps:
                 self.step += 1
+                unread.append([None if part is None else part.data for part in losses])
                 last = self.step == len(self.train_loader)
-                if self.step % config.log_every == 0 or last:     # reads values: a host sync
+                if self.step % config.log_every == 0 or last or self.stop.requested:
+                    self.check_losses(unread)                     # reads values: a host sync
+                    unread = []
                     bar.set_postfix_str(self._postfix(self.running.means()), refresh=False)
-                bar.update(len(labels))
+                bar.update(self.running.images - images_before)
+                images_before = self.running.images
                 if self.stop.requested and not last:
                     self.train_seconds += time.perf_counter() - started
                     return False
         self.train_seconds += time.perf_counter() - started
         return True
 
-    @staticmethod
-    def _postfix(m) -> str:
+    def _postfix(self, m) -> str:
         text = f"loss {m['loss']:.3f} main {m['loss_main']:.3f}"
-        if not math.isnan(m["loss_aux1"]):
+        if self.config.aux:
             text += f" aux1 {m['loss_aux1']:.3f} aux2 {m['loss_aux2']:.3f}"
         return text + f" acc {100 * m['train_acc']:.1f}%"
 
     def evaluate(self):
         """Test accuracy of the main head in eval mode (EMA weights if on) and the confusion matrix."""
-        model, xp = self.model, self.xp
-        model.eval()
-        predictions = []
         averaged = self.ema.averaged() if self.ema is not None else nullcontext()
-        with no_grad(), averaged:
-            for images, _ in self.test_loader:
-                logits = model(Tensor(backend.to_device(images, self.config.device)))  # N x 10
-                predictions.append(logits.data.argmax(axis=1))
-        model.train()
-        predicted = backend.to_numpy(xp.concatenate(predictions))
-        truth = self.test_loader.labels
-        k = len(self.classes)
-        confusion = np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
-        return float(np.trace(confusion) / max(confusion.sum(), 1)), confusion
+        with averaged:
+            return training.evaluate(self.model, self.test_loader, self.config.device,
+                                     num_classes=len(self.classes))
 
     def end_epoch(self, test_acc, confusion, test_seconds) -> None:
-        """Record the epoch, print its line, write metrics, plots and checkpoints."""
+        """Record the epoch and print its line; write checkpoint.npz, then best.npz (if the test
+        accuracy improved), metrics.csv and the plots: the checkpoint first (see the class)."""
         started = time.perf_counter()
         means = self.running.means()
         best_before = max((row["test_acc"] for row in self.history), default=-1.0)
@@ -568,55 +588,122 @@ class Trainer:
                "elapsed_seconds": self.seconds + self.train_seconds + test_seconds}
         self.history.append(row)
         self.log(self._epoch_line(row, best=max(best_before, test_acc)))
-        self.write_metrics()
-        if self.plots:
-            self.write_plots(confusion)
-        # Writing the outputs counts too; set before saving so the checkpoint carries it.
-        self.seconds = row["elapsed_seconds"] + (time.perf_counter() - started)
         self.train_seconds = 0.0
         self.running = RunningMetrics(self.xp)
-        path = self.save()
+        saving = time.perf_counter()
+        self.seconds = row["elapsed_seconds"] + (saving - started)
+        self.save()
         if test_acc > best_before:
-            best = os.path.join(self.config.out, "best.npz")
-            with open(path, "rb") as source:
-                atomic_write(best, lambda f: shutil.copyfileobj(source, f))
+            self.save("best.npz")
+        self.write_outputs()
+        self.seconds += time.perf_counter() - saving     # carried by the next checkpoint
 
     def _epoch_line(self, row, best) -> str:
         text = (f"epoch {row['epoch']:>3}/{self.config.epochs}  "
                 f"loss {row['loss']:.4f} (main {row['loss_main']:.4f}")
-        if not math.isnan(row["loss_aux1"]):
+        if self.config.aux:
             text += f", aux1 {row['loss_aux1']:.4f}, aux2 {row['loss_aux2']:.4f}"
         return (text + f")  train {100 * row['train_acc']:5.2f}%  test {100 * row['test_acc']:5.2f}%"
                 f" (best {100 * best:5.2f}%)  lr {row['lr']:.4g}  {row['train_seconds']:.1f} s"
                 f" + {row['test_seconds']:.1f} s test ({row['images_per_second']:.0f} img/s)")
 
     # -------------------------------------------------------------- outputs
-    def write_metrics(self) -> None:
-        """metrics.csv: one row per epoch, rewritten whole (so it always matches the checkpoint)."""
+    def write_outputs(self) -> None:
+        """metrics.csv, then the plots: both drawn from the history, so rewritten whole."""
+        write_text(os.path.join(self.config.out, "metrics.csv"), self.metrics_text())
+        if self.plots:
+            self.write_plots(self.confusion)
+
+    def metrics_text(self) -> str:
+        """metrics.csv: one row per completed epoch, the checkpoint's history."""
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=list(self.history[0]), lineterminator="\n")
         writer.writeheader()
         for row in self.history:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        _write_text(os.path.join(self.config.out, "metrics.csv"), text.getvalue())
+        return text.getvalue()
 
     def write_plots(self, confusion) -> None:
         from .plots import plot_curves, plot_per_class
         plot_curves(self.history, os.path.join(self.config.out, "curves.png"))
         plot_per_class(confusion, self.classes, os.path.join(self.config.out, "per_class.png"))
 
+    def repair_outputs(self, resumed_from) -> list:
+        """After a resume: bring best.npz, metrics.csv and the plots up to date with the state.
+
+        A run killed between its epoch-end writes leaves them behind
+        ``checkpoint.npz``; a run resumed into another ``--out`` has none of
+        them yet. Returns the names of the files written.
+        """
+        if not self.history:
+            return []
+        out, repaired = self.config.out, []
+        best_epoch = best_row(self.history)["epoch"]
+        best = os.path.join(out, "best.npz")
+        if not self._holds_best(best, best_epoch):
+            elsewhere = os.path.join(os.path.dirname(os.path.abspath(resumed_from)), "best.npz")
+            if best_epoch == self.epoch and self.step == 0:     # the resumed state is the best
+                self.save("best.npz")
+                repaired.append("best.npz")
+            elif not _same_path(elsewhere, best) and self._holds_best(elsewhere, best_epoch):
+                with open(elsewhere, "rb") as source:
+                    atomic_write(best, lambda f: shutil.copyfileobj(source, f))
+                repaired.append("best.npz")
+            else:
+                self.log(f"warning: no best.npz of epoch {best_epoch} (the best so far) was found "
+                         f"to restore; it is written again when the test accuracy improves")
+        metrics = os.path.join(out, "metrics.csv")
+        if _read_text(metrics) != self.metrics_text():
+            write_text(metrics, self.metrics_text())
+            repaired.append("metrics.csv")
+        if self.plots and ("metrics.csv" in repaired or not self._plots_current()):
+            self.write_plots(self.confusion)
+            repaired += PLOTS
+        return repaired
+
+    def _holds_best(self, path, epoch) -> bool:
+        """Whether ``path`` is this run's checkpoint at the end of ``epoch``."""
+        try:
+            state = load_checkpoint(path)
+        except (OSError, CheckpointError):
+            return False
+        same = lambda rows: json.dumps(rows, sort_keys=True)    # NaN-safe comparison
+        return (state.get("kind") == CHECKPOINT_KIND and state.get("epoch") == epoch
+                and state.get("step") == 0
+                and same(state.get("history")) == same(self.history[:epoch]))
+
+    def _plots_current(self) -> bool:
+        """Every plot exists and is newer than metrics.csv (plots are written after it)."""
+        metrics = os.path.join(self.config.out, "metrics.csv")
+        plots = [os.path.join(self.config.out, name) for name in PLOTS]
+        return all(os.path.exists(p) and os.path.getmtime(p) >= os.path.getmtime(metrics)
+                   for p in plots)
+
     def summary(self, interrupted, checkpoint=None) -> dict:
-        best = max(self.history, key=lambda row: row["test_acc"]) if self.history else None
+        best = best_row(self.history) if self.history else None
         return {"interrupted": interrupted, "checkpoint": checkpoint, "epochs": self.epoch,
                 "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
                 "best_test_acc": best["test_acc"] if best else None,
                 "best_epoch": best["epoch"] if best else None,
-                "seconds": self.seconds, "confusion": self.confusion}
+                "seconds": self.seconds, "confusion": self.confusion,
+                "stopped_by": self.stop.signum}
 
 
-def _write_text(path, text: str) -> None:
-    data = text.encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
+def best_row(history) -> dict:
+    """The epoch with the highest test accuracy (the first of equals, as best.npz keeps)."""
+    return max(history, key=lambda row: row["test_acc"])
+
+
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _same_path(a, b) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def make_optimizer(config: Config, model):
@@ -651,37 +738,46 @@ def make_schedule(config: Config, optimizer, steps_per_epoch: int):
 # main
 # ==========================================================================
 def main(argv=None) -> int:
-    """Run the demo; returns the exit status (0, 1 data/checkpoint error, 2 usage, 130 Ctrl-C)."""
+    """Run the demo; returns the exit status: 0, 1 (data, checkpoint or file error, or the run
+    diverged), 2 (usage), 130 (Ctrl-C) or 143 (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return _run(argv)
-    except KeyboardInterrupt:     # Ctrl-C before training started, or a second one
+        with sigterm_interrupts():
+            return _run(argv)
+    except KeyboardInterrupt as stop:    # a signal before training started, or a second one
         print(f"\n{PROG}: stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_status(stop)
 
 
 def _run(argv) -> int:
     args = build_parser().parse_args(argv)
+    given_out = args.out is not None or args.resume is not None
     try:
         if args.resume:
             state = load_checkpoint(args.resume)
-            if state.get("kind") != "tinygnet.demo.cifar" or "config" not in state:
+            if state.get("kind") != CHECKPOINT_KIND or "config" not in state:
                 raise CheckpointError(f"{args.resume!r} is not a checkpoint of this demo")
             config = config_for_resume(args, state["config"], args.resume)
+            continuing = _same_path(args.resume, os.path.join(config.out, "checkpoint.npz"))
+            if continuing and args.overwrite:
+                raise UsageError(f"--overwrite would delete the run that --resume continues "
+                                 f"({config.out}); leave it out")
         else:
-            state, config = None, resolve_config(args)
+            state, config, continuing = None, resolve_config(args), False
+        check_out_folder(config.out, OUTPUTS, given=given_out, replace=args.overwrite,
+                         continuing=continuing, advice=_how_to_continue(config.out))
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (FileNotFoundError, CheckpointError) as error:
         print(f"{PROG}: error: cannot resume: {error}", file=sys.stderr)
-        return EXIT_DATA_ERROR
+        return EXIT_FAILURE
 
     try:
         train, test = load_cifar10(config)
     except DatasetError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_DATA_ERROR
+        return EXIT_FAILURE
 
     try:
         trainer = Trainer(config, train, test, progress=args.progress)
@@ -694,36 +790,79 @@ def _run(argv) -> int:
         except (KeyError, ValueError, TypeError) as error:
             print(f"{PROG}: error: cannot resume from {args.resume!r}: the checkpoint does not "
                   f"match this run ({type(error).__name__}: {error})", file=sys.stderr)
-            return EXIT_DATA_ERROR
+            return EXIT_FAILURE
 
     params = sum(p.size for p in trainer.model.parameters())
     print(f"tinygnet CIFAR-10 demo on {_device_name(config.device)}: GoogLeNet width {config.width}, "
           f"stem stride {config.stem_stride}, batch norm {'on' if config.batchnorm else 'off'}, "
-          f"{config.init} init, aux heads {'on' if config.aux else 'off'}, {params:,} parameters; {len(train)} training "
-          f"and {len(test)} test images; {_plural(config.epochs, 'epoch')} of "
+          f"{config.init} init, aux heads {'on' if config.aux else 'off'}, {params:,} parameters; "
+          f"{len(train)} training and {len(test)} test images; {_plural(config.epochs, 'epoch')} of "
           f"{_plural(len(trainer.train_loader), 'step')}")
-    if state is not None:
-        print(f"resuming from {args.resume}: epoch {trainer.epoch + 1}, step {trainer.step}")
-    else:
-        _write_config(config, argv, params)
-    print(f"writing to {config.out}")
-
     checkpoint = os.path.join(config.out, "checkpoint.npz")
     try:
+        config.out = claim_out_folder(config.out, OUTPUTS, given=given_out, replace=args.overwrite)
+        checkpoint = os.path.join(config.out, "checkpoint.npz")
+        if state is not None:
+            repaired = trainer.repair_outputs(args.resume)
+            if repaired:
+                print(f"brought up to date with the checkpoint (the run had stopped between two "
+                      f"writes): {', '.join(repaired)}")
+        if not os.path.exists(os.path.join(config.out, "config.json")):
+            _write_config(config, argv, params)
+        if state is not None and trainer.epoch >= config.epochs:
+            print(f"resuming from {args.resume}: the run is already finished "
+                  f"({trainer.epoch} of {_plural(config.epochs, 'epoch')}), nothing to train; "
+                  f"to train longer, start a new run with a larger --epochs")
+            _print_summary(trainer.summary(interrupted=False), trainer.classes, config)
+            return 0
+        if state is not None:
+            print(f"resuming from {args.resume}: epoch {trainer.epoch + 1} of {config.epochs}, "
+                  f"step {trainer.step} of {len(trainer.train_loader)}")
+        print(f"writing to {config.out}")
         result = trainer.fit()
-    except KeyboardInterrupt:
+    except TrainingDiverged as error:
+        print(f"{PROG}: error: the run diverged: {error}. Stopped without saving it "
+              f"({_what_is_kept(checkpoint)}); try a smaller --lr (this run: {config.lr:g})",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as error:              # disk full, a folder made read-only during the run...
+        print(f"{PROG}: error: cannot write {error.filename or config.out}: {error.strerror}; "
+              f"{_what_is_kept(checkpoint)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt as stop:     # a second signal: stop at once
         if os.path.exists(checkpoint):
             print(f"\nstopped at once; the last checkpoint is kept. Resume with:\n"
                   f"  {PROG} --resume {shlex.quote(checkpoint)}", file=sys.stderr)
         else:
             print("\nstopped at once, before the first checkpoint", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_status(stop)
     if result["interrupted"]:
         print(f"stopped; checkpoint saved. Resume with:\n"
               f"  {PROG} --resume {shlex.quote(result['checkpoint'])}")
-        return EXIT_INTERRUPTED
+        return 128 + result["stopped_by"]
     _print_summary(result, trainer.classes, config)
     return 0
+
+
+def _how_to_continue(out) -> str:
+    checkpoint = os.path.join(out, "checkpoint.npz")
+    if os.path.isfile(checkpoint):
+        return f"continue it with --resume {shlex.quote(checkpoint)}, "
+    return ""
+
+
+def _what_is_kept(checkpoint) -> str:
+    """Which checkpoint a failed run leaves, for its last message."""
+    try:
+        state = load_checkpoint(checkpoint)
+    except (OSError, CheckpointError):
+        return "no checkpoint was written"
+    epoch, step = state.get("epoch"), state.get("step")
+    at = f"epoch {epoch}" + (f", step {step}" if step else "")
+    best = os.path.join(os.path.dirname(checkpoint), "best.npz")
+    also = " and best.npz" if os.path.exists(best) else ""
+    return f"{checkpoint}{also} are kept as they were ({at})" if also else \
+        f"{checkpoint} is kept as it was ({at})"
 
 
 def _write_config(config: Config, argv, params) -> None:
@@ -734,7 +873,7 @@ def _write_config(config: Config, argv, params) -> None:
               "tinygnet": __version__, "numpy": np.__version__,
               "python": platform.python_version(), "machine": platform.platform(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
+    write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
 
 
 def _plural(count, noun) -> str:

@@ -61,14 +61,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import backend
-from ..checkpoint import atomic_write
 from ..data import CIFAR10, DataLoader, DatasetError, Normalize, resolve_data_root
 from ..diagnostics import GradientMonitor, split_backward
 from ..models import INITS, GoogLeNet, googlenet_loss
 from ..optim import SGD
 from ..tensor import Tensor, no_grad
-from .common import (UsageError, non_negative_float, non_negative_int, positive_float,
-                     positive_int, probability, resolve_device)
+from .common import (TrainingDiverged, UsageError, check_out_folder, claim_out_folder,
+                     default_out_folder, describe_loss, exit_status, momentum_factor,
+                     non_negative_float, non_negative_int, positive_float, positive_int,
+                     probability, resolve_device, sigterm_interrupts, write_text)
+from .plots import new_figure, save_figure
 
 PROG = "python -m tinygnet.demo gradflow"
 
@@ -82,15 +84,11 @@ RUN_LABELS = {"aux": "with aux heads", "no_aux": "without aux heads"}
 AUX_HEADS = ("aux1", "aux2")                # GoogLeNet's auxiliary heads: top-level layers
 HEADS = ("main",) + AUX_HEADS               # the three terms of the loss
 FIRST, LAST = "conv1", "fc"                 # the ends of the network, input and output
-CHECK_EVERY = 10                            # steps between checks that the loss is finite
+OUTPUTS = ("gradflow.png", "gradflow_training.png", "gradflow_split.png", "gradflow.csv",
+           "config.json")                  # in --out
 
-EXIT_DATA_ERROR = 1
-EXIT_DIVERGED = 1
+EXIT_FAILURE = 1          # data or file errors, and a diverged run
 EXIT_USAGE = 2
-
-
-class Diverged(Exception):
-    """A run's loss became NaN or infinite."""
 
 
 # ==========================================================================
@@ -139,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stem-stride", "stride of conv1; 2 runs the Inception stages at 16/8/4 pixels",
         type=int, choices=(1, 2))
     add("--lr", "SGD learning rate (constant)", type=positive_float, metavar="X")
-    add("--momentum", "SGD momentum", type=non_negative_float, metavar="X")
+    add("--momentum", "SGD momentum", type=momentum_factor, metavar="X")
     add("--aux-weight", "weight of each aux loss in run (a); the paper's is 0.3",
         type=non_negative_float, metavar="X")
     add("--dropout", "dropout before the main classifier; the paper's is 0.4",
@@ -162,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="never download CIFAR-10; fail if it is not found")
     parser.add_argument("--out", metavar="DIR",
                         help="output folder (default: runs/gradflow-DATE-TIME)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an --out that holds an earlier run, replacing its "
+                             "outputs (without it, such an --out is refused)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars")
     return parser
@@ -208,7 +209,7 @@ def resolve_config(args) -> Config:
     values.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
     return Config(**values, device=resolve_device(args.device), data=resolve_data_root(args.data),
                   download=args.download, quick=args.quick,
-                  out=args.out or os.path.join("runs", time.strftime("gradflow-%Y%m%d-%H%M%S")))
+                  out=args.out or default_out_folder("gradflow"))
 
 
 # ==========================================================================
@@ -286,13 +287,13 @@ def train_run(model, init: str, run: str, seed: int, config: Config, images, lab
             monitor.record(step)
             optimizer.step()
             nan = xp.asarray(math.nan, dtype=parts.main.dtype)
-            losses.append(xp.stack([nan if p is None else p.data for p in parts]))  # no host sync
-            if step % CHECK_EVERY == 0 or step == config.steps - 1:
-                total = float(parts.total.item())
-                if not math.isfinite(total):
-                    raise Diverged(f"run {label!r}: the loss became {total} at step {step}; "
-                                   f"try a smaller --lr")
-                bar.set_postfix_str(f"loss {total:.3f}", refresh=False)
+            losses.append(xp.stack([nan if p is None else p.data for p in parts]))
+            if not math.isfinite(float(parts.total.item())):     # a host sync, as record()'s
+                values = [None if p is None else float(p.item()) for p in parts]
+                raise TrainingDiverged(f"run {label!r} diverged: the loss is "
+                                       f"{describe_loss(values)} at step {step + 1} of {config.steps}")
+            if step % 10 == 0 or step == config.steps - 1:
+                bar.set_postfix_str(f"loss {float(parts.total.item()):.3f}", refresh=False)
             bar.update()
     seconds = time.perf_counter() - started
     losses = backend.to_numpy(xp.stack(losses)).astype(np.float64)
@@ -327,7 +328,7 @@ def evaluate_accuracy(model, config: Config, images, labels) -> float:
 def run_experiment(config: Config, train, test=None, progress=True, log=print) -> dict:
     """Every run of the grid; returns {(init, run, seed): RunResult}.
 
-    Raises ``Diverged`` as soon as a run's loss is not finite.
+    Raises ``TrainingDiverged`` as soon as a run's loss is not finite.
     """
     images, labels = train
     results = {}
@@ -502,17 +503,7 @@ def write_csv(results, config: Config, path) -> None:
     writer.writerow(["init", "run", "seed", "step", "quantity", "layer", "value"])
     for init, run, seed, step, quantity, layer, value in csv_rows(results, config):
         writer.writerow([init, run, seed, step, quantity, layer, f"{float(value):.6g}"])
-    data = text.getvalue().encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
-
-
-def _figure(width, height):
-    from matplotlib.figure import Figure     # imported on first use: matplotlib loads slowly
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _save(figure, path) -> None:
-    atomic_write(path, lambda f: figure.savefig(f, format="png"))
+    write_text(path, text.getvalue())
 
 
 RUN_STYLE = {"aux": dict(color="C0", marker="o"), "no_aux": dict(color="C3", marker="s")}
@@ -537,7 +528,7 @@ def plot_gradflow(results, config: Config, path) -> None:
     """Per init: gradient per layer over fc's (step 0, end), and conv1's over fc's over training."""
     late = late_steps(config)
     n = len(config.init)
-    figure = _figure(6 * n, 9)
+    figure = new_figure(6 * n, 9)
     axes = figure.subplots(2, n, squeeze=False, sharey="row")
     for column, init in enumerate(config.init):
         profiles, history = axes[0, column], axes[1, column]
@@ -566,12 +557,12 @@ def plot_gradflow(results, config: Config, path) -> None:
         history.legend(fontsize=8)
     figure.suptitle(f"GoogLeNet without batch norm, width {config.width}: does the gradient "
                     f"reach the first layers? ({_seeds_note(config)})")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_training(results, config: Config, path) -> None:
     """The main loss over training per (init, run), and each run's test accuracy."""
-    figure = _figure(14, 5)
+    figure = new_figure(14, 5)
     loss, accuracy = figure.subplots(1, 2, width_ratios=[1.5, 1])
     steps = np.arange(config.steps)
     for init in config.init:
@@ -604,13 +595,13 @@ def plot_training(results, config: Config, path) -> None:
                  f"{config.test_images} images (bars: mean; dots: seeds; dotted: chance)")
     accuracy.legend(fontsize=8)
     accuracy.grid(alpha=0.3, axis="y")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_split(results, config: Config, path) -> None:
     """Runs with aux heads: each head's gradient per layer at step 0, and its share at conv1."""
     n = len(config.init)
-    figure = _figure(6 * n, 9)
+    figure = new_figure(6 * n, 9)
     axes = figure.subplots(2, n, squeeze=False)
     for column, init in enumerate(config.init):
         per_layer, shares = axes[0, column], axes[1, column]
@@ -642,7 +633,7 @@ def plot_split(results, config: Config, path) -> None:
         shares.legend(fontsize=8)
     figure.suptitle(f"where the gradient of the early layers comes from, runs with aux heads "
                     f"(aux losses weighted by {config.aux_weight}; {_seeds_note(config)})")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _range(stats, form) -> str:
@@ -694,12 +685,22 @@ def _plural(n, word):
 # main
 # ==========================================================================
 def main(argv=None) -> int:
-    """Run the experiment; returns the exit status (0; 1 data error or divergence; 2 usage;
-    130 Ctrl-C)."""
+    """Run the experiment; returns the exit status: 0, 1 (data or file error, or a run diverged),
+    2 (usage), 130 (Ctrl-C) or 143 (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
+        with sigterm_interrupts():
+            return _run(args, argv)
+    except KeyboardInterrupt as stop:
+        print(f"\n{PROG}: stopped", file=sys.stderr)
+        return exit_status(stop)
+
+
+def _run(args, argv) -> int:
+    try:
         config = resolve_config(args)
+        check_out_folder(config.out, OUTPUTS, given=args.out is not None, replace=args.overwrite)
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -709,7 +710,7 @@ def main(argv=None) -> int:
                 if config.test_images else None)
     except DatasetError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_DATA_ERROR
+        return EXIT_FAILURE
     n = config.train_images
     train_arrays = (train.images[:n], train.labels[:n])
     test_arrays = None if test is None else (test.images[:config.test_images],
@@ -724,37 +725,35 @@ def main(argv=None) -> int:
           f"{_plural(config.seeds, 'seed')}; {config.steps} steps of {config.batch_size} images, "
           f"SGD lr {config.lr} momentum {config.momentum}; for each init and seed, run (a) with "
           f"aux heads (weight {config.aux_weight}) and run (b) without, same initial weights")
-    os.makedirs(config.out, exist_ok=True)
-    record = {"config": dataclasses.asdict(config), "command": " ".join([PROG] + argv),
-              "machine": f"{os.cpu_count()} CPU cores" if config.device == "cpu" else config.device,
-              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
     started = time.perf_counter()
     try:
-        results = run_experiment(config, train_arrays, test_arrays, progress=args.progress)
-    except KeyboardInterrupt:
-        print(f"\n{PROG}: stopped", file=sys.stderr)
-        return 130
-    except Diverged as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_DIVERGED
-
-    write_csv(results, config, os.path.join(config.out, "gradflow.csv"))
-    plot_gradflow(results, config, os.path.join(config.out, "gradflow.png"))
-    plot_training(results, config, os.path.join(config.out, "gradflow_training.png"))
-    plot_split(results, config, os.path.join(config.out, "gradflow_split.png"))
+        config.out = claim_out_folder(config.out, OUTPUTS, given=args.out is not None,
+                                      replace=args.overwrite)
+        record = {"config": dataclasses.asdict(config), "command": " ".join([PROG] + argv),
+                  "machine": f"{os.cpu_count()} CPU cores" if config.device == "cpu" else config.device,
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
+        # Each step checks its loss (train_run); NumPy's warnings would only repeat it.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            results = run_experiment(config, train_arrays, test_arrays, progress=args.progress)
+        write_csv(results, config, os.path.join(config.out, "gradflow.csv"))
+        plot_gradflow(results, config, os.path.join(config.out, "gradflow.png"))
+        plot_training(results, config, os.path.join(config.out, "gradflow_training.png"))
+        plot_split(results, config, os.path.join(config.out, "gradflow_split.png"))
+    except TrainingDiverged as error:
+        print(f"{PROG}: error: {error}; stopped. Try a smaller --lr (this run: {config.lr:g})",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as error:       # disk full, a folder made read-only during the run...
+        print(f"{PROG}: error: cannot write {error.filename or config.out}: {error.strerror}",
+              file=sys.stderr)
+        return EXIT_FAILURE
     print()
     for line in summary_lines(results, config):
         print(line)
     print(f"\n{len(results)} runs in {time.perf_counter() - started:.0f} s; outputs in "
-          f"{config.out}: gradflow.png, gradflow_training.png, gradflow_split.png, gradflow.csv, "
-          f"config.json")
+          f"{config.out}: {', '.join(OUTPUTS)}")
     return 0
-
-
-def _write_text(path, text: str) -> None:
-    data = text.encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
 
 
 if __name__ == "__main__":
