@@ -518,6 +518,15 @@ def _band(axes, x, stats, color, **kwargs):
     return line
 
 
+def _per_layer_panel(axes, layers, title, ylabel):
+    """Finish a panel of one value per layer: network order on x, log scale on y."""
+    axes.set_yscale("log")
+    axes.set_xticks(np.arange(len(layers)), layers, rotation=60, ha="right")
+    axes.set(title=title, ylabel=ylabel)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=7)
+
+
 def _seeds_note(config: Config) -> str:
     if config.seeds == 1:
         return f"seed {config.seed}"
@@ -543,12 +552,8 @@ def plot_gradflow(results, config: Config, path) -> None:
                       markersize=3, label=f"{RUN_LABELS[run]}, {when}")
             stats = over_seeds(results, config, init, run, lambda r: first_over_last(r, config))
             _band(history, np.arange(config.steps), stats, style["color"], label=RUN_LABELS[run])
-        profiles.set_yscale("log")
-        profiles.set_xticks(x, trunk, rotation=60, ha="right")
-        profiles.set(title=f"init {init}: gradient norm per layer / fc's",
-                     ylabel="||g|| of the layer / ||g|| of fc" if column == 0 else None)
-        profiles.grid(alpha=0.3, which="both")
-        profiles.legend(fontsize=7)
+        _per_layer_panel(profiles, trunk, f"init {init}: gradient norm per layer / fc's",
+                         "||g|| of the layer / ||g|| of fc" if column == 0 else None)
         history.set_yscale("log")
         history.set(xlabel="step", title=f"init {init}: {FIRST} / {LAST} over training "
                     f"(mean of {config.window} steps)",
@@ -592,7 +597,7 @@ def plot_training(results, config: Config, path) -> None:
     accuracy.axhline(10, color="gray", linewidth=1, linestyle=":")
     accuracy.set_xticks(range(len(tested)), tested)
     accuracy.set(ylabel="test accuracy (%)", title=f"test accuracy, main head, "
-                 f"{config.test_images} images (bars: mean; dots: seeds; dotted: chance)")
+                 f"{config.test_images} images\n(bars: mean; dots: seeds; dotted: chance)")
     accuracy.legend(fontsize=8)
     accuracy.grid(alpha=0.3, axis="y")
     save_figure(figure, path)
@@ -620,12 +625,8 @@ def plot_split(results, config: Config, path) -> None:
             stats = over_seeds(results, config, init, "aux",
                                lambda r: [100 * split[FIRST].shares[head] for _, split in r.splits])
             _band(shares, steps, stats, f"C{k}", marker="o", markersize=3, label=head)
-        per_layer.set_yscale("log")
-        per_layer.set_xticks(x, trunk, rotation=60, ha="right")
-        per_layer.set(title=f"init {init}: gradient from each loss at step 0",
-                      ylabel="norm of the loss's gradient" if column == 0 else None)
-        per_layer.grid(alpha=0.3, which="both")
-        per_layer.legend(fontsize=8)
+        _per_layer_panel(per_layer, trunk, f"init {init}: gradient from each loss at step 0",
+                         "norm of the loss's gradient" if column == 0 else None)
         shares.axhline(0, color="gray", linewidth=1)
         shares.set(xlabel="step", title=f"init {init}: each loss's share of {FIRST}'s gradient",
                    ylabel="share (%)" if column == 0 else None)
