@@ -74,7 +74,7 @@ from .plots import new_figure, save_figure
 
 PROG = "python -m tinygnet.demo gradflow"
 
-DEFAULTS = dict(init=("gaussian", "xavier", "he"), seeds=2, seed=0, steps=250, batch_size=64,
+DEFAULTS = dict(init=("gaussian", "xavier", "he"), seeds=2, seed=0, steps=300, batch_size=64,
                 width=0.125, stem_stride=2, lr=0.01, momentum=0.9, aux_weight=0.3, dropout=0.4,
                 aux_dropout=0.7, split_every=25, test_images=1000, train_images=None)
 QUICK_OVERRIDES = dict(steps=24, batch_size=32, width=0.0625, seeds=1, split_every=8,
