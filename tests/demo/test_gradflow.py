@@ -250,11 +250,13 @@ def test_quick_run_end_to_end_writes_every_output(fake_cifar, tmp_path, capsys):
 
     printed = capsys.readouterr().out
     for init in ("gaussian", "xavier", "he"):
-        assert f"init {init}:" in printed
+        assert f"init {init} " in printed
     for text in ("gradient norm conv1 / fc, step 0", "main loss, steps 0-0", "test accuracy, 16",
-                 "aux heads share of conv1 gradient", "with aux heads", "without aux heads",
+                 "aux share of conv1's gradient, step 0", "with aux heads", "without aux heads",
                  "[", "12 runs"):
         assert text in printed, text
+    table = [line for line in printed.splitlines() if line.startswith(("init ", "  "))]
+    assert len(table) == 3 * 8 and max(map(len, table)) <= 110        # a table that reads
 
 
 def test_missing_data_fails_cleanly(tmp_path, capsys):

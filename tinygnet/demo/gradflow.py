@@ -646,35 +646,34 @@ def _range(stats, form) -> str:
 
 
 def summary_lines(results, config: Config) -> list:
-    """The printed summary: per init, the gradient ratio, losses, accuracy and head shares."""
+    """The printed summary: per init, a table of the two runs (gradient, losses, accuracy, split)."""
     late = late_steps(config)
-    seeds = ", ".join(map(str, config.seed_list))
-    lines = [f"{_plural(config.seeds, 'seed')} ({seeds}); each number is the mean over seeds"
-             + (", [min, max] after it" if config.seeds > 1 else "")]
+    split_steps = [step for step, _ in late_splits(results[config.init[0], "aux", config.seed].splits,
+                                                   config)]
+    lines = [f"{_plural(config.seeds, 'seed')} ({', '.join(map(str, config.seed_list))}): each "
+             f"cell is the mean over seeds" + (", [min, max] after it" if config.seeds > 1 else ""),
+             f"(ln 10 = {math.log(10):.3f} is the loss of a uniform guess; 10% accuracy is chance)",
+             f"(aux share: the part of {FIRST}'s gradient that aux1 and aux2 supply together)"]
     for init in config.init:
         cells = {run: cell_summary(results, config, init, run) for run in RUNS}
-        lines.append(f"init {init}:")
+        lines.append("")
+        lines.append(f"init {init:<43}" + "".join(f"{RUN_LABELS[run]:<31}" for run in RUNS).rstrip())
 
-        def row(text, key, form):
-            values = "; ".join(f"{RUN_LABELS[run]} {_range(cells[run][key], form)}"
-                               for run in RUNS if key in cells[run])
-            lines.append(f"  {text:<44} {values}")
+        def row(text, key, form, scale=1, unit=""):
+            values = [_range({k: scale * v for k, v in cells[run][key].items()}, form) + unit
+                      if key in cells[run] else "-" for run in RUNS]
+            lines.append(f"  {text:<46}" + "".join(f"{value:<31}" for value in values).rstrip())
 
         row(f"gradient norm {FIRST} / {LAST}, step 0", "first_over_last_step0", ".2e")
-        row(f"gradient norm {FIRST} / {LAST}, steps {late[0]}-{late[-1]}",
-            "first_over_last_late", ".2e")
+        row(f"gradient norm {FIRST} / {LAST}, steps {late[0]}-{late[-1]}", "first_over_last_late",
+            ".2e")
         row(f"main loss, steps 0-{config.window - 1}", "loss_first", ".3f")
         row(f"main loss, steps {late[0]}-{late[-1]}", "loss_late", ".3f")
         if "test_acc" in cells["aux"]:
-            percent = {run: {k: 100 * v for k, v in cells[run]["test_acc"].items()} for run in RUNS}
-            values = "; ".join(f"{RUN_LABELS[run]} {_range(percent[run], '.1f')}%" for run in RUNS)
-            lines.append(f"  {f'test accuracy, {config.test_images} images':<44} {values}")
-        share0 = {k: 100 * v for k, v in cells["aux"]["aux_share_step0"].items()}
-        share = {k: 100 * v for k, v in cells["aux"]["aux_share_late"].items()}
-        lines.append(f"  {f'aux heads share of {FIRST} gradient':<44} step 0: {_range(share0, '.0f')}%; "
-                     f"split steps from {config.steps // 2}: {_range(share, '.0f')}%")
-    lines.append(f"(ln 10 = {math.log(10):.3f} is the loss of a uniform guess; 10% accuracy is "
-                 f"chance)")
+            row(f"test accuracy, {config.test_images} images", "test_acc", ".1f", 100, "%")
+        row(f"aux share of {FIRST}'s gradient, step 0", "aux_share_step0", ".0f", 100, "%")
+        row(f"aux share of {FIRST}'s gradient, steps {split_steps[0]}-{split_steps[-1]}",
+            "aux_share_late", ".0f", 100, "%")
     return lines
 
 
