@@ -1,7 +1,7 @@
 """``python -m tinygnet.demo gradflow``: do GoogLeNet's auxiliary heads rescue a vanishing gradient?
 
     python -m tinygnet.demo gradflow --quick       # under a minute on a CPU
-    python -m tinygnet.demo gradflow               # about 15 minutes on a 2-core CPU
+    python -m tinygnet.demo gradflow               # under 15 minutes on a 2-core CPU
 
 The paper (section 5) adds two auxiliary classifiers because "the ability to
 propagate gradients back through all the layers in an effective manner was
@@ -39,11 +39,12 @@ Outputs in ``--out``:
   ranges over seeds have seed ``mean``, ``min`` or ``max``);
 * ``config.json``; and a summary printed at the end.
 
-Defaults (sized for about 15 minutes on an idle 2-core CPU): a network at an
-eighth of the paper's width (``--width 0.125``) with ``--stem-stride 2``
-(Inception stages at 16, 8 and 4 pixels), batches of 64, SGD lr 0.01 with
-momentum 0.9 (the paper's momentum; without batch norm a larger rate
-diverges under He), 250 steps per run, the three initialisations, 2 seeds.
+Defaults (sized to stay under 15 minutes on an idle 2-core CPU; the README
+gives the time measured there): a network at an eighth of the paper's width
+(``--width 0.125``) with ``--stem-stride 2`` (Inception stages at 16, 8 and 4
+pixels), batches of 64, SGD lr 0.01 with momentum 0.9 (the paper's momentum;
+without batch norm the gradients at initialisation are large, so the rate
+stays small), 300 steps per run, the three initialisations, 2 seeds.
 """
 from __future__ import annotations
 
