@@ -211,8 +211,9 @@ class GoogLeNet(nn.Module):
       variance would halve at every layer, 2^-22 (about 2e-7) after 22;
       the positive biases keep most ReLUs open and feed each layer a
       constant that does not shrink, which holds the signal up.
-    * ``"gaussian"``: the fixed-std Gaussian of the AlexNet era, which the
-      original 2014 training started from: N(0, 0.01^2) weights, zero biases.
+    * ``"gaussian"``: a fixed-std Gaussian, the kind the original 2014 training
+      started from (BVLC's readme calls it "gaussian"), with AlexNet's std:
+      N(0, 0.01^2) weights, zero biases.
       ``n Var(w) / 2 = n / 20000``: 0.03 for a 3x3 conv over 64 channels
       (n = 576), 0.01 for a 1x1 conv over 192; the signal and the gradient
       shrink by one to two orders of magnitude per layer.
