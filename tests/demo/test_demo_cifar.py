@@ -337,22 +337,6 @@ def test_default_output_folders_never_collide(fake_cifar, fast_plots, tmp_path, 
 # --------------------------------------------------------------------------
 # File-system mistakes: one sentence each, before any data is loaded
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("out, words", [
-    ("a-file", "--out {out} is a file, not a folder"),
-    ("a-file/run", "--out {out} lies under {file}, which is a file, not a folder"),
-])
-def test_out_that_is_or_lies_under_a_file_is_refused_before_the_data(tmp_path, capsys, out, words):
-    (tmp_path / "a-file").write_text("notes")
-    out = tmp_path / out
-    # The data folder does not exist: the --out check must come first.
-    assert cifar.main(["--out", str(out), "--data", str(tmp_path / "no-data"), "--no-download"]) == 2
-    err = capsys.readouterr().err
-    assert err == (f"python -m tinygnet.demo cifar: error: "
-                   f"{words.format(out=out, file=tmp_path / 'a-file')}; choose a folder with "
-                   f"--out DIR\n")
-    assert (tmp_path / "a-file").read_text() == "notes"
-
-
 def test_data_folder_from_the_environment_that_is_a_file(tmp_path, monkeypatch, capsys):
     (tmp_path / "cifar.tgz").write_bytes(b"x")
     monkeypatch.setenv("TINYGNET_DATA", str(tmp_path / "cifar.tgz"))
