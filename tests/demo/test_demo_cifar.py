@@ -18,7 +18,9 @@ import pytest
 from tinygnet import backend
 from tinygnet.checkpoint import load_checkpoint, save_checkpoint
 from tinygnet.demo import cifar
-from tinygnet.demo.cifar import ArrayDataset, Config, Trainer
+from tinygnet.demo.cifar import ArrayDataset, Config
+from tinygnet.demo.common import TrainingDiverged
+from tinygnet.demo.run import Trainer
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -266,7 +268,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_files(tmp_path, poison
     after_epoch_1 = _outputs(tmp_path / "run")
     assert {"checkpoint.npz", "best.npz", "metrics.csv"} <= set(after_epoch_1)
     trainer.config.epochs = 2
-    with pytest.raises(cifar.TrainingDiverged) as caught:
+    with pytest.raises(TrainingDiverged) as caught:
         trainer.fit()
     assert str(caught.value) == caught_by
     assert _outputs(tmp_path / "run") == after_epoch_1
