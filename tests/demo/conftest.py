@@ -74,6 +74,6 @@ demo_child = _load_demo_child()
 def fast_plots(monkeypatch):
     """The CIFAR demo writes its plots as small stand-in files (matplotlib takes half a second
     a figure): for tests about runs and files, not pictures."""
-    from tinygnet.demo import cifar
+    from tinygnet.demo import run
 
-    monkeypatch.setattr(cifar.Trainer, "write_plots", demo_child.fake_plots)
+    monkeypatch.setattr(run.Trainer, "write_plots", demo_child.fake_plots)

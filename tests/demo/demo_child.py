@@ -26,7 +26,7 @@ import matplotlib.figure  # noqa: F401  (imported once here, inherited by every 
 import tinygnet.checkpoint
 import tinygnet.data.cifar
 import tinygnet.optim
-from tinygnet.demo import cifar
+from tinygnet.demo import cifar, run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -34,7 +34,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def fake_plots(trainer, confusion):
     """Stands in for ``Trainer.write_plots``: the same two atomic writes, in the same order,
     of a small file that says which epoch it shows."""
-    for name in cifar.PLOTS:
+    for name in run.PLOTS:
         content = PNG + b"epoch %d" % trainer.epoch
         tinygnet.checkpoint.atomic_write(os.path.join(trainer.config.out, name),
                                          lambda f: f.write(content))
@@ -81,7 +81,7 @@ def main():
     mode, per_batch, first, second, separator, *argv = sys.argv[1:]
     assert separator == "--", "usage: see the docstring"
     tinygnet.data.cifar.IMAGES_PER_BATCH = int(per_batch)     # the fake data's batch size
-    cifar.Trainer.write_plots = fake_plots
+    run.Trainer.write_plots = fake_plots
     if mode == "kill-each":
         return kill_each([int(i) for i in first.split(",")], second, argv)
     if mode == "signal-at-step":

@@ -1,9 +1,27 @@
-"""Pieces both demos share: signals that stop a run, and how a loss is described."""
+"""Pieces both demos share: the output folder, signals that stop a run, how a loss is described."""
 import signal
 
 import pytest
 
+from tinygnet.demo import cifar, gradflow
 from tinygnet.demo.common import Interrupted, describe_loss, exit_status, sigterm_interrupts
+
+
+@pytest.mark.parametrize("demo", [cifar, gradflow], ids=["cifar", "gradflow"])
+@pytest.mark.parametrize("out, words", [
+    ("a-file", "--out {out} is a file, not a folder"),
+    ("a-file/run", "--out {out} lies under {file}, which is a file, not a folder"),
+])
+def test_out_that_is_or_lies_under_a_file_is_refused_before_the_data(tmp_path, capsys, demo, out,
+                                                                     words):
+    (tmp_path / "a-file").write_text("notes")
+    out = tmp_path / out
+    # The data folder does not exist: the --out check must come first.
+    assert demo.main(["--out", str(out), "--data", str(tmp_path / "no-data"), "--no-download"]) == 2
+    assert capsys.readouterr().err == (f"{demo.PROG}: error: "
+                                       f"{words.format(out=out, file=tmp_path / 'a-file')}; "
+                                       f"choose a folder with --out DIR\n")
+    assert (tmp_path / "a-file").read_text() == "notes"
 
 
 def test_sigterm_stops_like_ctrl_c_inside_the_block_only():

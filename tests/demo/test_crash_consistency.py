@@ -23,7 +23,7 @@ import pytest
 
 import tinygnet.checkpoint
 from tinygnet.checkpoint import load_checkpoint
-from tinygnet.demo import cifar
+from tinygnet.demo import cifar, run
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_child.py")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -77,7 +77,7 @@ def reference(learnable_cifar, tmp_path_factory):
             checkpoints[state["epoch"]] = state
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cifar.Trainer, "write_plots", demo_child.fake_plots)
+        patch.setattr(run.Trainer, "write_plots", demo_child.fake_plots)
         patch.setattr(tinygnet.checkpoint, "_write_hook", record)
         assert run_demo(*ARGV, "--data", learnable_cifar, "--out", out) == 0
     final = load_checkpoint(os.path.join(out, "checkpoint.npz"))
@@ -95,7 +95,7 @@ def assert_consistent(out, reference, event):
     temporary = [name for name in names if name.startswith(".")]
     # A temporary file exists only between its creation and its rename.
     assert len(temporary) == (1 if event == "written" else 0), temporary
-    assert set(names) - set(temporary) <= set(cifar.OUTPUTS)
+    assert set(names) - set(temporary) <= set(run.OUTPUTS)
     if "config.json" in names:
         with open(os.path.join(out, "config.json")) as f:
             assert json.load(f)["config"]["seed"] == 6
@@ -118,7 +118,7 @@ def assert_consistent(out, reference, event):
                            "best.npz")
     else:
         assert epoch <= 1                           # epoch 1 is always a best
-    for plot in cifar.PLOTS:
+    for plot in run.PLOTS:
         if plot in names:
             with open(os.path.join(out, plot), "rb") as f:
                 content = f.read()
@@ -139,7 +139,7 @@ def assert_finished_like_the_reference(out, reference):
     assert best["epoch"] == reference["best"]["epoch"] == 2
     assert_same_arrays(best["model"], reference["best"]["model"], "best.npz")
     assert metrics_rows(os.path.join(out, "metrics.csv")) == reference["metrics"]
-    for plot in cifar.PLOTS:
+    for plot in run.PLOTS:
         with open(os.path.join(out, plot), "rb") as f:
             assert f.read() == demo_child.PNG + b"epoch 2"
 
@@ -157,7 +157,7 @@ def test_a_kill_at_any_write_leaves_a_consistent_run_that_resumes_exactly(refere
     assert child.stdout.split("\n")[:-1] == [f"{i} killed" for i in points]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cifar.Trainer, "write_plots", demo_child.fake_plots)
+        patch.setattr(run.Trainer, "write_plots", demo_child.fake_plots)
         for i in points:
             event, name = events[i]
             out = str(outroot / str(i))
@@ -203,7 +203,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(reference, tmp_p
     assert (state["epoch"], state["step"]) == checkpoint_at
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cifar.Trainer, "write_plots", demo_child.fake_plots)
+        patch.setattr(run.Trainer, "write_plots", demo_child.fake_plots)
         assert run_demo("--resume", str(checkpoint), "--data", reference["data"],
                         "--no-progress", "--no-download") == 0
     assert_finished_like_the_reference(str(out), reference)

@@ -18,7 +18,9 @@ import pytest
 from tinygnet import backend
 from tinygnet.checkpoint import load_checkpoint, save_checkpoint
 from tinygnet.demo import cifar
-from tinygnet.demo.cifar import ArrayDataset, Config, Trainer
+from tinygnet.demo.cifar import ArrayDataset, Config
+from tinygnet.demo.common import TrainingDiverged
+from tinygnet.demo.run import Trainer
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -286,7 +288,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_files(tmp_path, poison
     after_epoch_1 = _outputs(tmp_path / "run")
     assert {"checkpoint.npz", "best.npz", "metrics.csv"} <= set(after_epoch_1)
     trainer.config.epochs = 2
-    with pytest.raises(cifar.TrainingDiverged) as caught:
+    with pytest.raises(TrainingDiverged) as caught:
         trainer.fit()
     assert str(caught.value) == caught_by
     assert _outputs(tmp_path / "run") == after_epoch_1
@@ -357,22 +359,6 @@ def test_default_output_folders_never_collide(fake_cifar, fast_plots, tmp_path, 
 # --------------------------------------------------------------------------
 # File-system mistakes: one sentence each, before any data is loaded
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("out, words", [
-    ("a-file", "--out {out} is a file, not a folder"),
-    ("a-file/run", "--out {out} lies under {file}, which is a file, not a folder"),
-])
-def test_out_that_is_or_lies_under_a_file_is_refused_before_the_data(tmp_path, capsys, out, words):
-    (tmp_path / "a-file").write_text("notes")
-    out = tmp_path / out
-    # The data folder does not exist: the --out check must come first.
-    assert cifar.main(["--out", str(out), "--data", str(tmp_path / "no-data"), "--no-download"]) == 2
-    err = capsys.readouterr().err
-    assert err == (f"python -m tinygnet.demo cifar: error: "
-                   f"{words.format(out=out, file=tmp_path / 'a-file')}; choose a folder with "
-                   f"--out DIR\n")
-    assert (tmp_path / "a-file").read_text() == "notes"
-
-
 def test_data_folder_from_the_environment_that_is_a_file(tmp_path, monkeypatch, capsys):
     (tmp_path / "cifar.tgz").write_bytes(b"x")
     monkeypatch.setenv("TINYGNET_DATA", str(tmp_path / "cifar.tgz"))

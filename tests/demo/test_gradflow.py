@@ -123,20 +123,6 @@ def test_a_diverging_run_stops_at_once_and_says_so(fake_cifar, tmp_path, capsys)
     assert os.listdir(out) == ["config.json"]
 
 
-@pytest.mark.parametrize("out, words", [
-    ("a-file", "--out {out} is a file, not a folder"),
-    ("a-file/run", "--out {out} lies under {file}, which is a file, not a folder"),
-])
-def test_out_that_is_or_lies_under_a_file_is_refused_before_the_data(tmp_path, capsys, out, words):
-    (tmp_path / "a-file").write_text("notes")
-    out = tmp_path / out
-    status = gradflow.main(["--out", str(out), "--data", str(tmp_path / "no-data"), "--no-download"])
-    assert status == 2
-    assert capsys.readouterr().err == (f"python -m tinygnet.demo gradflow: error: "
-                                       f"{words.format(out=out, file=tmp_path / 'a-file')}; "
-                                       f"choose a folder with --out DIR\n")
-
-
 def test_an_existing_run_is_refused_unless_overwrite(fake_cifar, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -43,7 +43,7 @@ def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight
     model.train()                      # dropout on, batch norm on batch statistics, aux heads on
     for images, labels in loader:      # a loader resumed mid-epoch starts at the next batch
         x = Tensor(backend.to_device(images, device))     # N x 3 x 32 x 32, normalised, augmented
-        outputs = model(x)                                 # GoogLeNetOutputs, each N x 10
+        outputs = model(x)             # logits, aux1, aux2: N x 10 each (aux None without heads)
         # Host labels: cross_entropy checks their range on the host, with no GPU sync.
         losses = googlenet_loss(outputs, labels, aux_weight=aux_weight,
                                 label_smoothing=label_smoothing)
