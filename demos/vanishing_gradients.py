@@ -9,7 +9,7 @@ the same factor. So:
 
     he        Var(w) = 2/n          factor 1: steady through every layer
     xavier    Var(w) = 1/n          factor 1/2, but the 0.2 biases hold the signal up
-    gaussian  Var(w) = 0.01^2       factor n/20000, about 0.01 to 0.1 a layer: it vanishes
+    gaussian  Var(w) = 0.01^2       factor n/20000, 0.001 to 0.1 a layer: it vanishes
 
 This script builds the same small GoogLeNet under each scheme, pushes one
 batch of random images through it and prints (1) the spread of each layer's
