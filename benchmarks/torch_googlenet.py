@@ -3,8 +3,10 @@
 Same modules, same names, same order of operations as
 ``tinygnet/models/googlenet.py``, so ``load_tinygnet_state_dict`` can copy a
 tinygnet model's weights (and batch-norm statistics) into it and both
-networks compute the same logits. PyTorch is a benchmark-only dependency
-(the ``bench`` extra); nothing in ``tinygnet/`` imports this file.
+networks compute the same logits. The channel counts are tinygnet's own
+(the paper's Table 1, ``tinygnet.models.googlenet``), so the two networks
+cannot drift apart. PyTorch is a benchmark-only dependency (the ``bench``
+extra); nothing in ``tinygnet/`` imports this file.
 """
 from __future__ import annotations
 
@@ -15,11 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tinygnet.models.googlenet import (AUX_CHANNELS, INCEPTION_CHANNELS, STEM_CHANNELS,
+                                       scale_channels)
+
 Outputs = namedtuple("Outputs", ["logits", "aux1", "aux2"])
-
-
-def scale_channels(channels, width):
-    return max(1, int(channels * width + 0.5))
 
 
 class ConvUnit(nn.Module):
@@ -91,34 +92,31 @@ class GoogLeNet(nn.Module):
             return scaled[0] if len(scaled) == 1 else scaled
 
         bn = batchnorm
-        self.conv1 = ConvUnit(3, c(64), 3, stride=stem_stride, padding=1, batchnorm=bn)
-        self.conv2_reduce = ConvUnit(c(64), c(64), 1, batchnorm=bn)
-        self.conv2 = ConvUnit(c(64), c(192), 3, padding=1, batchnorm=bn)
-        self.inception3a = Inception(c(192), *c(64, 96, 128, 16, 32, 32), batchnorm=bn)
-        self.inception3b = Inception(self.inception3a.out_channels,
-                                     *c(128, 128, 192, 32, 96, 64), batchnorm=bn)
+        conv1_channels, conv2_reduce_channels, conv2_channels = c(*STEM_CHANNELS)
+        self.conv1 = ConvUnit(3, conv1_channels, 3, stride=stem_stride, padding=1, batchnorm=bn)
+        self.conv2_reduce = ConvUnit(conv1_channels, conv2_reduce_channels, 1, batchnorm=bn)
+        self.conv2 = ConvUnit(conv2_reduce_channels, conv2_channels, 3, padding=1, batchnorm=bn)
+
+        def inception(name, in_channels):
+            return Inception(in_channels, *c(*INCEPTION_CHANNELS[name]), batchnorm=bn)
+
+        self.inception3a = inception("inception3a", conv2_channels)
+        self.inception3b = inception("inception3b", self.inception3a.out_channels)
         self.pool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.inception4a = Inception(self.inception3b.out_channels,
-                                     *c(192, 96, 208, 16, 48, 64), batchnorm=bn)
-        self.inception4b = Inception(self.inception4a.out_channels,
-                                     *c(160, 112, 224, 24, 64, 64), batchnorm=bn)
-        self.inception4c = Inception(self.inception4b.out_channels,
-                                     *c(128, 128, 256, 24, 64, 64), batchnorm=bn)
-        self.inception4d = Inception(self.inception4c.out_channels,
-                                     *c(112, 144, 288, 32, 64, 64), batchnorm=bn)
-        self.inception4e = Inception(self.inception4d.out_channels,
-                                     *c(256, 160, 320, 32, 128, 128), batchnorm=bn)
+        self.inception4a = inception("inception4a", self.inception3b.out_channels)
+        self.inception4b = inception("inception4b", self.inception4a.out_channels)
+        self.inception4c = inception("inception4c", self.inception4b.out_channels)
+        self.inception4d = inception("inception4d", self.inception4c.out_channels)
+        self.inception4e = inception("inception4e", self.inception4d.out_channels)
         self.pool4 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.inception5a = Inception(self.inception4e.out_channels,
-                                     *c(256, 160, 320, 32, 128, 128), batchnorm=bn)
-        self.inception5b = Inception(self.inception5a.out_channels,
-                                     *c(384, 192, 384, 48, 128, 128), batchnorm=bn)
+        self.inception5a = inception("inception5a", self.inception4e.out_channels)
+        self.inception5b = inception("inception5b", self.inception5a.out_channels)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.inception5b.out_channels, num_classes)
         if aux:
             pooled = 2 if stem_stride == 2 else 4
-            head = dict(conv_channels=c(128), fc_channels=c(1024), pooled_size=pooled,
-                        dropout=aux_dropout, batchnorm=bn)
+            head = dict(conv_channels=c(AUX_CHANNELS.conv), fc_channels=c(AUX_CHANNELS.fc1),
+                        pooled_size=pooled, dropout=aux_dropout, batchnorm=bn)
             self.aux1 = InceptionAux(self.inception4a.out_channels, num_classes, **head)
             self.aux2 = InceptionAux(self.inception4d.out_channels, num_classes, **head)
         else:

@@ -148,3 +148,46 @@ def test_other_npz_is_refused(tmp_path):
 def test_folder_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="folder"):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 8, b"\x80\x04K\x01.", b"PK\x03\x04garbage"],
+                         ids=["random", "a-pickle", "broken-zip"])
+def test_a_file_that_is_not_a_checkpoint_gets_no_hint_to_unpickle_it(tmp_path, content):
+    path = tmp_path / "renamed.npz"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="renamed.npz.*not a .*tinygnet checkpoint") as caught:
+        load_checkpoint(path)
+    assert "allow_pickle" not in str(caught.value) and "pickle.load" not in str(caught.value)
+
+
+def test_an_npz_holding_pickled_objects_is_refused_in_our_words(tmp_path):
+    path = tmp_path / "objects.npz"
+    np.savez(path, __meta__=np.array([{"format": "tinygnet-checkpoint"}], dtype=object))
+    with pytest.raises(CheckpointError, match="pickled Python objects") as caught:
+        load_checkpoint(path)
+    assert "allow_pickle" not in str(caught.value)
+
+
+def test_stale_temporary_files_of_the_given_names_are_removed(tmp_path):
+    names = [".ckpt.npz.abc123.tmp", ".metrics.csv.x.tmp", ".other.npz.y.tmp", "ckpt.npz",
+             ".ckpt.npz.kept", "notes.tmp"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    removed = checkpoint.remove_stale_temp_files(tmp_path, ["ckpt.npz", "metrics.csv"])
+    assert sorted(os.path.basename(p) for p in removed) == [".ckpt.npz.abc123.tmp", ".metrics.csv.x.tmp"]
+    assert sorted(os.listdir(tmp_path)) == sorted([".other.npz.y.tmp", "ckpt.npz", ".ckpt.npz.kept",
+                                                   "notes.tmp"])
+
+
+def test_the_write_hook_sees_each_step_of_an_atomic_write(tmp_path, monkeypatch):
+    seen = []
+
+    def hook(event, path):
+        temporary = [name for name in os.listdir(tmp_path) if name.startswith(".")]
+        seen.append((event, os.path.basename(path), os.path.exists(path), len(temporary)))
+
+    monkeypatch.setattr(checkpoint, "_write_hook", hook)
+    checkpoint.atomic_write(tmp_path / "f.txt", lambda f: f.write(b"new"))
+    # (event, file, the file exists, temporary files)
+    assert seen == [("start", "f.txt", False, 0), ("written", "f.txt", False, 1),
+                    ("renamed", "f.txt", True, 0)]

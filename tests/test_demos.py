@@ -13,6 +13,7 @@ EXPECTED = {
     "gradcheck_walkthrough.py": ["passed:", "GradcheckError"],
     "inception_by_hand.py": ["total multiply-adds 128.0 M", "\nmatch"],
     "three_losses.py": ["total", "inception4e", "eval mode"],
+    "vanishing_gradients.py": ["forward", "gaussian no aux", "conv1", "inception5b"],
 }
 
 

@@ -7,8 +7,7 @@ import pytest
 
 import tinygnet
 from tinygnet import backend, nn
-from tinygnet.diagnostics import (GradientMonitor, LayerSplit, aux_layers, layer_groups,
-                                  split_backward)
+from tinygnet.diagnostics import GradientMonitor, LayerSplit, layer_groups, split_backward
 from tinygnet.models import GoogLeNet, googlenet_loss
 from tinygnet.tensor import Tensor
 
@@ -42,6 +41,12 @@ def grads_of(model):
             for name, p in model.named_parameters()}
 
 
+def terms_of(losses, aux_weight=0.3):
+    """GoogLeNet's three loss terms, as split_backward takes them."""
+    return {"main": (losses.main, 1.0), "aux1": (losses.aux1, aux_weight),
+            "aux2": (losses.aux2, aux_weight)}
+
+
 def layer_vector(grads, layer):
     return np.concatenate([g.ravel() for name, g in grads.items() if name.split(".")[0] == layer])
 
@@ -52,8 +57,6 @@ def test_layer_groups_follow_the_network_with_the_aux_heads_last():
     groups = layer_groups(model)
     assert list(groups) == NETWORK_ORDER
     assert [name for name, _ in groups["conv1"]] == ["conv1.weight", "conv1.bias"]
-    assert aux_layers(model) == ["aux1", "aux2"]
-    assert aux_layers(tiny_googlenet(aux=False)) == []
 
 
 # --------------------------------------------------------------------------- monitor
@@ -128,7 +131,7 @@ def test_split_backward_leaves_the_gradient_of_the_total_loss(rng, device):
     expected = grads_of(model)
 
     model.zero_grad()
-    split_backward(model, googlenet_loss(model(x), y, aux_weight=0.3), aux_weight=0.3)
+    split_backward(model, terms_of(googlenet_loss(model(x), y, aux_weight=0.3)))
     for name, g in grads_of(model).items():
         np.testing.assert_allclose(g, expected[name], rtol=1e-10, atol=1e-14, err_msg=name)
 
@@ -144,7 +147,7 @@ def test_split_contributions_are_each_heads_own_gradient(rng):
         alone[head] = grads_of(model)
 
     model.zero_grad()
-    split = split_backward(model, googlenet_loss(model(x), y), aux_weight=0.3,
+    split = split_backward(model, terms_of(googlenet_loss(model(x), y)),
                            layers=["conv1", "inception3a", "inception4e", "aux1"])
     assert list(split) == ["conv1", "inception3a", "inception4e", "aux1"]
     for layer in ("conv1", "inception3a"):
@@ -173,7 +176,7 @@ def test_split_contributions_are_each_heads_own_gradient(rng):
 def test_split_shows_which_layers_each_loss_reaches(rng):
     model = tiny_googlenet()
     x, y = batch(rng)
-    split = split_backward(model, googlenet_loss(model(x), y), aux_weight=0.3)
+    split = split_backward(model, terms_of(googlenet_loss(model(x), y)))
     assert list(split) == NETWORK_ORDER
     for layer in NETWORK_ORDER:
         reached = {h for h, norm in split[layer].norms.items() if norm > 0}
@@ -193,8 +196,8 @@ def test_split_aux_parts_scale_with_the_aux_weight(rng):
     norms = {}
     for weight in (0.3, 0.6):
         model.zero_grad()
-        norms[weight] = split_backward(model, googlenet_loss(model(x), y, aux_weight=weight),
-                                       aux_weight=weight, layers=["conv2"])["conv2"].norms
+        terms = terms_of(googlenet_loss(model(x), y, aux_weight=weight), aux_weight=weight)
+        norms[weight] = split_backward(model, terms, layers=["conv2"])["conv2"].norms
     assert norms[0.6]["main"] == pytest.approx(norms[0.3]["main"], rel=1e-12)
     assert norms[0.6]["aux1"] == pytest.approx(2 * norms[0.3]["aux1"], rel=1e-9)
     assert norms[0.6]["aux2"] == pytest.approx(2 * norms[0.3]["aux2"], rel=1e-9)
@@ -203,7 +206,7 @@ def test_split_aux_parts_scale_with_the_aux_weight(rng):
 def test_split_without_aux_heads_is_all_main(rng):
     model = tiny_googlenet(aux=False)
     x, y = batch(rng)
-    split = split_backward(model, googlenet_loss(model(x), y), layers=["conv1"])["conv1"]
+    split = split_backward(model, terms_of(googlenet_loss(model(x), y)), layers=["conv1"])["conv1"]
     assert list(split.norms) == ["main"] and split.cosines == {}
     assert split.shares["main"] == pytest.approx(1.0)
     assert split.norms["main"] == pytest.approx(np.linalg.norm(layer_vector(grads_of(model), "conv1")))
@@ -212,8 +215,39 @@ def test_split_without_aux_heads_is_all_main(rng):
 def test_split_rejects_unknown_layers_and_bad_weights(rng):
     model = tiny_googlenet()
     x, y = batch(rng, n=2)
-    losses = googlenet_loss(model(x), y)
+    terms = terms_of(googlenet_loss(model(x), y))
     with pytest.raises(ValueError, match="no layer named 'conv9'.*conv1, conv2_reduce"):
-        split_backward(model, losses, layers=["conv9"])
-    with pytest.raises(ValueError, match="aux_weight"):
-        split_backward(model, losses, aux_weight=-0.1)
+        split_backward(model, terms, layers=["conv9"])
+    for weight in (math.nan, math.inf, "0.3", True):
+        with pytest.raises(ValueError, match="weight of 'aux1' must be a finite number"):
+            split_backward(model, dict(terms, aux1=(terms["aux1"][0], weight)))
+    with pytest.raises(ValueError, match="no loss to backpropagate"):
+        split_backward(model, {"aux1": (None, 0.3)})
+
+
+def test_split_works_for_any_model_and_any_terms(rng):
+    """Not only GoogLeNet: two weighted losses on a two-layer network, checked by hand."""
+    tinygnet.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3)).double()
+    x = Tensor(rng.standard_normal((6, 5)))
+    upstream_a, upstream_b = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+
+    def losses():
+        out = model(x)
+        return (out * Tensor(upstream_a)).sum(), (out * Tensor(upstream_b)).sum()
+
+    alone = {}
+    for name, index, weight in [("a", 0, 2.0), ("b", 1, -0.5)]:
+        model.zero_grad()
+        (losses()[index] * weight).backward()
+        alone[name] = {layer: layer_vector(grads_of(model), layer) for layer in ("0", "1")}
+    model.zero_grad()
+    loss_a, loss_b = losses()
+    split = split_backward(model, {"a": (loss_a, 2.0), "b": (loss_b, -0.5)})
+    assert list(split) == ["0", "1"]
+    for layer in ("0", "1"):
+        a, b = alone["a"][layer], alone["b"][layer]
+        assert split[layer].norms == pytest.approx({"a": np.linalg.norm(a), "b": np.linalg.norm(b)})
+        assert split[layer].shares["b"] == pytest.approx(b @ (a + b) / ((a + b) @ (a + b)))
+        assert split[layer].cosines["a/b"] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        np.testing.assert_allclose(layer_vector(grads_of(model), layer), a + b, rtol=1e-12)

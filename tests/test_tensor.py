@@ -49,6 +49,36 @@ def test_mixing_float32_and_float64_is_an_error_not_an_upcast():
         a + b
 
 
+@pytest.mark.parametrize("data, error, words", [
+    ([[1, 2], [3]], ValueError, r"tensor\(\): data is ragged: data\[0\] has length 2 but data\[1\] has length 1"),
+    ([[1, 2], 3], ValueError, r"data\[0\] has length 2 but data\[1\] is a number"),
+    (["x"], TypeError, r"tensor\(\): expected numbers \(float, int or bool\).*data\[0\] is str \('x'\)"),
+    ([[1.0, None]], TypeError, r"data\[0\]\[1\] is NoneType"),
+    ("x", TypeError, r"data is str"),
+    (np.array(["x"]), TypeError, r"expected numbers .* got an array of dtype <U1"),
+])
+def test_tensor_of_what_is_not_numbers_says_what_it_expected(data, error, words):
+    with pytest.raises(error, match=words) as caught:
+        tg.tensor(data)
+    assert "inhomogeneous" not in str(caught.value) and "could not convert" not in str(caught.value)
+
+
+@pytest.mark.parametrize("other, words", [
+    ("a", r"a Tensor combines with numbers, arrays, lists of numbers and Tensors, not str \('a'\)"),
+    (None, r"not NoneType"),
+    ({"a": 1}, r"not dict"),
+    ([1.0, "a"], r"the other operand\[1\] is str"),
+    ([[1.0], [1.0, 2.0]], r"the other operand is ragged"),
+    (np.array(["a"]), r"not an array of dtype <U1"),
+])
+def test_operand_that_is_not_a_number_says_what_a_tensor_combines_with(other, words):
+    x = tg.tensor([1.0])
+    for combine in (lambda: x + other, lambda: other + x, lambda: x * other):
+        with pytest.raises((TypeError, ValueError), match=words):
+            combine()
+    assert (x + [2.0]).numpy().tolist() == [3.0]            # lists of numbers still work
+
+
 def test_info_and_conversions(rng):
     x = tg.tensor(rng.standard_normal((2, 3)))
     assert x.shape == (2, 3) and x.ndim == 2 and x.size == 6 and x.device == "cpu"

@@ -27,7 +27,8 @@ import numpy as np
 
 from .backend import get_array_module, to_numpy
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write", "remove_stale_temp_files",
+           "CheckpointError"]
 
 FORMAT = "tinygnet-checkpoint"
 VERSION = 1
@@ -94,11 +95,13 @@ def atomic_write(path, write) -> None:
 
     If ``write`` raises (or the process dies), ``path`` keeps its old content
     and the temporary file is removed (after a ``kill -9`` a hidden
-    ``.NAME.*.tmp`` may remain; it is never mistaken for the checkpoint).
+    ``.NAME.*.tmp`` may remain; it is never mistaken for the checkpoint, and
+    ``remove_stale_temp_files`` clears it away).
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    _reached("start", path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         if hasattr(os, "fchmod"):         # mkstemp makes the file private (0600); use the usual mode
@@ -107,6 +110,7 @@ def atomic_write(path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())          # the bytes are on disk before the rename
+        _reached("written", path)
         os.replace(tmp, path)             # atomic: readers see old or new, never half
     except BaseException:                 # KeyboardInterrupt too: never leave the temp file
         try:
@@ -114,7 +118,36 @@ def atomic_write(path, write) -> None:
         except FileNotFoundError:
             pass
         raise
+    _reached("renamed", path)
     _fsync_folder(folder)                 # make the rename itself durable
+
+
+def remove_stale_temp_files(folder, names) -> list:
+    """Remove the temporary files that killed ``atomic_write`` calls left for ``names`` in ``folder``.
+
+    Only ``.NAME.*.tmp`` files of the given names are touched; returns their paths.
+    """
+    removed = []
+    for entry in os.listdir(folder):
+        if entry.endswith(".tmp") and any(entry.startswith(f".{name}.") for name in names):
+            path = os.path.join(folder, entry)
+            try:
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:     # removed meanwhile: what we wanted
+                pass
+    return removed
+
+
+# A hook for tests that kill the process in the middle of a write: when set, it is called as
+# ``_write_hook(event, path)`` at each step of ``atomic_write``: "start" (before the temporary
+# file exists), "written" (complete on disk, not yet renamed) and "renamed". None in normal use.
+_write_hook = None
+
+
+def _reached(event: str, path: str) -> None:
+    if _write_hook is not None:
+        _write_hook(event, path)
 
 
 def _umask() -> int:
@@ -161,6 +194,14 @@ def load_checkpoint(path) -> dict:
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} is a folder, not a checkpoint file")
     try:
+        with open(path, "rb") as f:
+            signature = f.read(4)
+    except OSError as error:             # unreadable: permissions, a broken disk
+        raise CheckpointError(f"cannot read checkpoint {path!r} ({error.strerror})") from None
+    if signature not in (b"PK\x03\x04", b"PK\x05\x06"):     # what every .npz (zip) starts with
+        raise CheckpointError(f"{path!r} is not a tinygnet checkpoint: it is not an .npz archive "
+                              f"(another kind of file, or a corrupt one)")
+    try:
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile) or "__meta__" not in archive.files:
                 raise CheckpointError(f"{path!r} is not a tinygnet checkpoint (no __meta__ entry)")
@@ -168,9 +209,12 @@ def load_checkpoint(path) -> dict:
     except CheckpointError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{path!r} is not a readable tinygnet checkpoint: it is truncated, "
-                              f"corrupt or of another format ({type(error).__name__}: {error})"
-                              ) from None
+        if "pickle" in str(error):      # NumPy's hint to load it unsafely: not one to pass on
+            raise CheckpointError(f"{path!r} is not a tinygnet checkpoint: it holds pickled Python "
+                                  f"objects, which a checkpoint never does (tinygnet does not "
+                                  f"unpickle files: unpickling can run any code)") from None
+        raise CheckpointError(f"{path!r} is not a readable tinygnet checkpoint: the archive is "
+                              f"truncated or corrupt ({type(error).__name__}: {error})") from None
     try:
         meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -1,6 +1,6 @@
 """Gradient diagnostics: watch the gradient on its way back through a network.
 
-Two tools, usable from any training loop:
+Two tools, for any model and any training loop:
 
 * ``GradientMonitor`` records, after ``backward``, each parameter's gradient
   norm ``||g||`` and its ratio to the weight norm ``||g|| / ||w||``, and
@@ -10,20 +10,24 @@ Two tools, usable from any training loop:
   ``enabled=False``, or on a step it is not due, ``record`` returns at once:
   no hooks are installed, ever, so a monitor that is off costs nothing.
 
-* ``split_backward`` backpropagates GoogLeNet's three loss terms one at a
-  time (main, then ``aux_weight * aux1``, then ``aux_weight * aux2``) and
-  measures what each contributes to the gradient of chosen layers: its
-  norm, its share of the total and the cosine similarity between heads.
-  The ``.grad`` it leaves behind is what ``losses.total.backward()`` would
-  have left (backprop is linear in the upstream gradient), so the optimiser
-  step that follows is the usual one.
+* ``split_backward`` takes a loss made of weighted terms,
+  ``total = sum_k weight_k * loss_k``, backpropagates the terms one at a
+  time and measures what each contributes to the gradient of chosen
+  layers: its norm, its share of the total and the cosine similarity
+  between terms. The ``.grad`` it leaves behind is what
+  ``total.backward()`` would have left (backprop is linear in the upstream
+  gradient), so the optimiser step that follows is the usual one.
+
+GoogLeNet's loss has three terms, the main head and the two auxiliary ones::
 
     monitor = GradientMonitor(model, every=10)
     for step, (x, y) in enumerate(loader):
         losses = googlenet_loss(model(x), y, aux_weight=0.3)
         optimizer.zero_grad()
         if step % 50 == 0:
-            split = split_backward(model, losses, aux_weight=0.3, layers=["conv1"])
+            terms = {"main": (losses.main, 1.0), "aux1": (losses.aux1, 0.3),
+                     "aux2": (losses.aux2, 0.3)}
+            split = split_backward(model, terms, layers=["conv1"])
             print(split["conv1"])      # norms, shares and cosines of main / aux1 / aux2
         else:
             losses.total.backward()
@@ -42,10 +46,7 @@ import numpy as np
 
 from .backend import get_array_module, to_numpy
 
-__all__ = ["layer_groups", "aux_layers", "GradientRecord", "GradientMonitor", "LayerSplit",
-           "split_backward", "HEADS"]
-
-HEADS = ("main", "aux1", "aux2")
+__all__ = ["layer_groups", "GradientRecord", "GradientMonitor", "LayerSplit", "split_backward"]
 
 
 # --------------------------------------------------------------------------
@@ -66,12 +67,6 @@ def layer_groups(model) -> "OrderedDict[str, list]":
     for name, parameter in model.named_parameters():
         groups.setdefault(layer_of(name), []).append((name, parameter))
     return groups
-
-
-def aux_layers(model) -> list:
-    """Names of the top-level layers that are GoogLeNet auxiliary heads (kept apart in plots)."""
-    from .models.googlenet import InceptionAux
-    return [name for name, child in model.named_children() if isinstance(child, InceptionAux)]
 
 
 def _squared_norms(arrays, xp):
@@ -181,20 +176,20 @@ class GradientMonitor:
 # --------------------------------------------------------------------------
 @dataclasses.dataclass
 class LayerSplit:
-    """How the gradient reaching one layer divides between GoogLeNet's loss terms.
+    """How the gradient reaching one layer divides between the terms of a loss.
 
-    With ``c_h`` the gradient of the layer's parameters (flattened into one
-    vector) from head ``h`` alone, aux heads already weighted by
-    ``aux_weight``, and ``g = sum_h c_h`` the gradient of the total loss:
+    With ``c_k`` the gradient of the layer's parameters (flattened into one
+    vector) from term ``k`` alone, already multiplied by its weight, and
+    ``g = sum_k c_k`` the gradient of the total loss:
 
-    * ``norms[h] = ||c_h||`` (0 for a head whose loss does not reach the layer);
+    * ``norms[k] = ||c_k||`` (0 for a term that does not reach the layer);
     * ``total_norm = ||g||``;
-    * ``shares[h] = <c_h, g> / ||g||^2``: the part of ``g`` along itself that
-      ``c_h`` supplies. The shares add up to 1; one can be negative (a head
+    * ``shares[k] = <c_k, g> / ||g||^2``: the part of ``g`` along itself that
+      ``c_k`` supplies. The shares add up to 1; one can be negative (a term
       pulling against the others) or above 1;
-    * ``cosines["main/aux1"] = <c_main, c_aux1> / (||c_main|| ||c_aux1||)``,
-      and so on for each pair: 1 means the heads push the layer the same
-      way, 0 unrelated directions, -1 opposite ones (NaN if one is zero).
+    * ``cosines["a/b"] = <c_a, c_b> / (||c_a|| ||c_b||)`` for each pair of
+      terms: 1 means they push the layer the same way, 0 unrelated
+      directions, -1 opposite ones (NaN if one is zero).
     """
     layer: str
     norms: dict
@@ -203,78 +198,82 @@ class LayerSplit:
     cosines: dict
 
     def __str__(self):
-        heads = ", ".join(f"{h} {self.norms[h]:.3g} ({100 * self.shares[h]:.0f}%)" for h in self.norms)
+        terms = ", ".join(f"{k} {self.norms[k]:.3g} ({100 * self.shares[k]:.0f}%)" for k in self.norms)
         pairs = ", ".join(f"cos({pair}) {value:+.2f}" for pair, value in self.cosines.items())
-        return f"{self.layer}: |g| {self.total_norm:.3g} = {heads}" + (f"; {pairs}" if pairs else "")
+        return f"{self.layer}: |g| {self.total_norm:.3g} = {terms}" + (f"; {pairs}" if pairs else "")
 
 
-def split_backward(model, losses, aux_weight: float = 0.3,
-                   layers=None) -> "OrderedDict[str, LayerSplit]":
-    """Backpropagate main, aux1 and aux2 one at a time; split each layer's gradient by head.
+def split_backward(model, terms, layers=None) -> "OrderedDict[str, LayerSplit]":
+    """Backpropagate a weighted sum of losses one term at a time; split each layer's gradient.
 
     Args:
         model: the network the losses came from.
-        losses: a ``GoogLeNetLoss`` (``.main``, ``.aux1``, ``.aux2``; the aux
-            ones may be None, e.g. for ``GoogLeNet(aux=False)``).
-        aux_weight: the weight of each aux loss in the total (the paper's 0.3).
+        terms: ``{name: (loss, weight)}`` with ``total = sum(weight * loss)``;
+            backpropagated in this order. A term whose loss is None is left
+            out (a head the model does not have).
         layers: names of top-level layers to split (default: every layer).
 
     Returns:
-        layer -> ``LayerSplit``, in network order.
+        layer -> ``LayerSplit``, in the order of ``layers`` (network order by
+        default), its ``norms`` and ``shares`` keyed by term name.
 
     Each term runs its own backward (``retain_graph=True`` on all but the
     last, since they share the lower part of the graph) and accumulates
     into ``.grad`` like any backward: afterwards ``.grad`` holds the
-    gradient of ``main + aux_weight * (aux1 + aux2)``, ready for the
-    optimiser. The cost is about two backward passes instead of one.
+    gradient of the total, ready for the optimiser. The cost is about one
+    backward pass per term, over the part of the graph each one reaches.
     """
-    if isinstance(aux_weight, bool) or not isinstance(aux_weight, (int, float)) or aux_weight < 0:
-        raise ValueError(f"split_backward: aux_weight must be a number >= 0, got {aux_weight!r}")
     groups = layer_groups(model)
     layers = list(groups) if layers is None else list(dict.fromkeys(layers))   # each once
     unknown = [layer for layer in layers if layer not in groups]
     if unknown:
         raise ValueError(f"split_backward: no layer named {', '.join(map(repr, unknown))}; "
                          f"the model's layers are {', '.join(groups)}")
-    terms = [(head, getattr(losses, head), 1.0 if head == "main" else float(aux_weight))
-             for head in HEADS]
-    terms = [(head, loss, weight) for head, loss, weight in terms if loss is not None]
-    xp = get_array_module(terms[0][1].data)
+    present = []
+    for name, (loss, weight) in terms.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ValueError(f"split_backward: the weight of {name!r} must be a finite number, "
+                             f"got {weight!r}")
+        if loss is not None:
+            present.append((name, loss, float(weight)))
+    if not present:
+        raise ValueError("split_backward: no loss to backpropagate (every term is None)")
+    xp = get_array_module(present[0][1].data)
 
     def flat_grads(layer):
         """The layer's current gradient as one vector (zeros where none arrived yet)."""
         return xp.concatenate([(p.grad.data if p.grad is not None else xp.zeros_like(p.data)).ravel()
                                for _, p in groups[layer]])
 
-    contributions = {layer: {} for layer in layers}    # layer -> head -> c_h
+    contributions = {layer: {} for layer in layers}    # layer -> term -> c_k
     before = {layer: flat_grads(layer) for layer in layers}
-    for i, (head, loss, weight) in enumerate(terms):
+    for i, (name, loss, weight) in enumerate(present):
         upstream = xp.full(loss.shape, weight, dtype=loss.dtype)
-        loss.backward(grad=upstream, retain_graph=i < len(terms) - 1)
+        loss.backward(grad=upstream, retain_graph=i < len(present) - 1)
         for layer in layers:
             after = flat_grads(layer)
-            contributions[layer][head] = after - before[layer]
+            contributions[layer][name] = after - before[layer]
             before[layer] = after
 
     return OrderedDict((layer, _split_of(layer, contributions[layer], xp)) for layer in layers)
 
 
 def _split_of(layer, parts: dict, xp) -> LayerSplit:
-    heads = list(parts)
-    vectors = [parts[h] for h in heads]
+    names = list(parts)
+    vectors = [parts[k] for k in names]
     total = vectors[0]
     for v in vectors[1:]:
         total = total + v
     # Every dot product at once, read back in one transfer: [<c_i, c_j>] and <c_i, g>.
     gram = xp.stack([xp.stack([xp.vdot(a, b) for b in vectors + [total]]) for a in vectors + [total]])
     gram = to_numpy(gram).astype(np.float64)
-    k = len(heads)
+    k = len(names)
     total_sq = gram[k, k]
-    norms = {h: math.sqrt(max(gram[i, i], 0.0)) for i, h in enumerate(heads)}
-    shares = {h: (gram[i, k] / total_sq if total_sq > 0 else math.nan) for i, h in enumerate(heads)}
+    norms = {n: math.sqrt(max(gram[i, i], 0.0)) for i, n in enumerate(names)}
+    shares = {n: (gram[i, k] / total_sq if total_sq > 0 else math.nan) for i, n in enumerate(names)}
     cosines = {}
     for i in range(k):
         for j in range(i + 1, k):
-            denominator = norms[heads[i]] * norms[heads[j]]
-            cosines[f"{heads[i]}/{heads[j]}"] = gram[i, j] / denominator if denominator > 0 else math.nan
+            denominator = norms[names[i]] * norms[names[j]]
+            cosines[f"{names[i]}/{names[j]}"] = gram[i, j] / denominator if denominator > 0 else math.nan
     return LayerSplit(layer, norms, math.sqrt(max(total_sq, 0.0)), shares, cosines)

@@ -352,11 +352,37 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu") -> Tensor:
         data = data.data
     xp = get_array_module(data)
     if xp is np and not isinstance(data, np.ndarray):
-        data = _python_to_array(data, dtype)
+        try:
+            array = _python_to_array(data, dtype)
+        except (ValueError, TypeError):
+            _explain_bad_numbers(data, "tensor(): ")
+            raise
+        if array.dtype.kind not in "fiub":
+            _explain_bad_numbers(data, "tensor(): ")
+        data = array
     array = xp.array(data, dtype=dtype, copy=True)
     if array.dtype.kind not in "fiub":
-        raise TypeError(f"tensor(): unsupported dtype {array.dtype}")
+        raise TypeError(f"tensor(): expected numbers (float, int or bool), got an array of "
+                        f"dtype {array.dtype}")
     return Tensor(backend.to_device(array, device), requires_grad=requires_grad)
+
+
+def _explain_bad_numbers(data, prefix, where="data") -> None:
+    """Raise, in tinygnet's words, what NumPy refused in its own: a ragged nest of lists
+    (``[[1, 2], [3]]``) or an item that is not a number (``["x"]``). Returns if it finds neither."""
+    if isinstance(data, (list, tuple)):
+        shapes = ["is a number" if not isinstance(item, (list, tuple)) else f"has length {len(item)}"
+                  for item in data]
+        for i, shape in enumerate(shapes):
+            if shape != shapes[0]:
+                raise ValueError(f"{prefix}{where} is ragged: {where}[0] {shapes[0]} but "
+                                 f"{where}[{i}] {shape}; every row of a tensor has the same "
+                                 f"length")
+        for i, item in enumerate(data):
+            _explain_bad_numbers(item, prefix, f"{where}[{i}]")
+    elif not isinstance(data, (bool, int, float, np.number, np.bool_)):
+        raise TypeError(f"{prefix}expected numbers (float, int or bool) or nested lists of them; "
+                        f"{where} is {type(data).__name__} ({data!r:.40})")
 
 
 def as_tensor(value, like: Tensor | None = None) -> Tensor:
@@ -378,9 +404,22 @@ def _lift(value, like: Tensor) -> Tensor:
                             f"{value.dtype}); convert one with .to(dtype=...)")
         return value
     xp = get_array_module(like.data)
-    if isinstance(value, (int, float, bool, np.number)) or not hasattr(value, "dtype"):
+    if isinstance(value, (int, float, bool, np.number)):
         return Tensor._wrap(xp.asarray(value, dtype=like.dtype))
+    if not hasattr(value, "dtype"):
+        if not isinstance(value, (list, tuple)):     # a str, None, a dict...: not an operand
+            raise TypeError(f"a Tensor combines with numbers, arrays, lists of numbers and "
+                            f"Tensors, not {type(value).__name__} ({value!r:.40})")
+        try:
+            return Tensor._wrap(xp.asarray(value, dtype=like.dtype))
+        except (ValueError, TypeError):
+            _explain_bad_numbers(value, "a Tensor combines with numbers, arrays, lists of numbers "
+                                        "and Tensors: ", "the other operand")
+            raise
     array = xp.asarray(value)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"a Tensor combines with numbers, arrays, lists of numbers and Tensors, "
+                        f"not an array of dtype {array.dtype}")
     if array.dtype.kind == "f" and array.dtype != like.dtype:
         raise TypeError(f"operands have different float dtypes ({like.dtype} and "
                         f"{array.dtype}); convert one first")

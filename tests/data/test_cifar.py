@@ -62,10 +62,10 @@ def write_folder(root, str_keys=False):
     return written
 
 
-def archive_bytes(files):
-    """A tar.gz holding ``files`` ({member name: bytes}) under cifar-10-batches-py/."""
+def archive_bytes(files, compress=True):
+    """A tar.gz (or plain tar) holding ``files`` ({member name: bytes}) under cifar-10-batches-py/."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode="w:gz" if compress else "w") as tar:
         for name, content in files.items():
             info = tarfile.TarInfo(f"{cifar.FOLDER_NAME}/{name}")
             info.size = len(content)
@@ -375,4 +375,53 @@ def test_interrupted_unpack_cleans_up(tmp_path, monkeypatch):
     monkeypatch.setattr(cifar, "check_folder", interrupted)
     with pytest.raises(KeyboardInterrupt):
         CIFAR10(tmp_path, download=False)
+    assert leftovers(tmp_path) == [cifar.ARCHIVE_NAME]
+
+
+# ---------------------------------------------------------------- file-system mistakes
+def test_data_folder_that_is_a_file_is_named_with_where_it_came_from(tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "cifar.tar"
+    not_a_folder.write_bytes(b"x")
+    monkeypatch.setenv("TINYGNET_DATA", str(not_a_folder))
+    with pytest.raises(DatasetNotFoundError, match=r"cifar.tar \(from \$TINYGNET_DATA\) is a "
+                                                   r"file, not a folder"):
+        CIFAR10(fetch=no_network, progress=False)
+    with pytest.raises(DatasetNotFoundError, match=r"cifar.tar/data lies under .*cifar.tar, "
+                                                   r"which is a file"):
+        CIFAR10(not_a_folder / "data", fetch=no_network, progress=False)
+    assert not_a_folder.read_bytes() == b"x"
+
+
+def test_failed_download_leaves_no_folder_it_created(tmp_path):
+    mistyped = tmp_path / "dtaa" / "cifar"
+    with pytest.raises(DatasetNotFoundError, match="network is unreachable"):
+        CIFAR10(mistyped, fetch=no_network, progress=False)
+    assert leftovers(tmp_path) == []
+
+
+def test_corrupt_batch_in_a_folder_says_to_delete_the_folder(tmp_path):
+    write_folder(tmp_path)
+    good = (tmp_path / cifar.FOLDER_NAME / "data_batch_2").read_bytes()
+    replace_file(tmp_path, "data_batch_2", good[:len(good) // 2])
+    with pytest.raises(CorruptDatasetError) as caught:
+        CIFAR10(tmp_path, train=True, download=False)
+    message = str(caught.value)
+    assert "data_batch_2" in message
+    assert f"{tmp_path / cifar.FOLDER_NAME} is damaged: delete it to unpack or download it again" \
+        in message
+
+
+def test_archive_damaged_mid_stream_is_called_corrupt(tmp_path):
+    """A damaged tar header ends the archive early without an error: files go missing."""
+    files = official_files()
+    content = bytearray(archive_bytes(files, compress=False))
+    start = content.index(b"data_batch_3") // 512 * 512      # the header block of data_batch_3
+    content[start:start + 512] = b"\xff" * 512
+    (tmp_path / cifar.ARCHIVE_NAME).write_bytes(content)
+    with pytest.raises(CorruptDatasetError) as caught:
+        CIFAR10(tmp_path, download=False)
+    message = str(caught.value)
+    assert f"{tmp_path / cifar.ARCHIVE_NAME} is corrupt or incomplete" in message
+    assert "data_batch_3" in message and "download it again" in message
+    assert ".partial" not in message
     assert leftovers(tmp_path) == [cifar.ARCHIVE_NAME]

@@ -6,6 +6,7 @@ temporary folder; the network is narrow enough that a step takes milliseconds.
 import csv
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,7 +18,9 @@ import pytest
 from tinygnet import backend
 from tinygnet.checkpoint import load_checkpoint, save_checkpoint
 from tinygnet.demo import cifar
-from tinygnet.demo.cifar import ArrayDataset, Config, Trainer
+from tinygnet.demo.cifar import ArrayDataset, Config
+from tinygnet.demo.common import TrainingDiverged
+from tinygnet.demo.run import Trainer
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -131,6 +134,26 @@ def test_cpu_defaults_then_quick_then_flags():
     assert (given.width, given.aux, given.batchnorm) == (0.5, False, False)
     assert (given.lr, given.epochs) == (0.01, 3)
     assert given.eval_batch_size == 2 * given.batch_size
+    assert config.init == "he" and quick.init == "he"
+
+
+def test_init_flag_reaches_the_model(tmp_path):
+    config = cifar.resolve_config(parse("--device", "cpu", "--init", "xavier", "--no-batchnorm"))
+    assert config.init == "xavier"
+    trainer = quiet_trainer(tiny_config(tmp_path, init="xavier", batchnorm=False), tiny_data())
+    assert trainer.model.init == "xavier"
+    np.testing.assert_array_equal(trainer.model.conv1.bias.numpy(), np.float32(0.2))
+
+
+def test_a_checkpoint_from_before_init_resumes_as_he(tmp_path, capsys):
+    saved = dataclasses.asdict(tiny_config(tmp_path))
+    del saved["init"]
+    config = cifar.config_for_resume(parse("--device", "cpu"), saved, str(tmp_path / "c.npz"))
+    assert config.init == "he"
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, {"kind": "tinygnet.demo.cifar", "config": saved})
+    assert cifar.main(["--resume", str(path), "--init", "gaussian", "--device", "cpu"]) == 2
+    assert "--init gaussian (saved: he)" in capsys.readouterr().err
 
 
 def test_data_root_resolution(monkeypatch, tmp_path):
@@ -141,7 +164,8 @@ def test_data_root_resolution(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--lr", "-1"], ["--width", "abc"],
-                                  ["--dropout", "1"], ["--stem-stride", "3"]])
+                                  ["--dropout", "1"], ["--stem-stride", "3"], ["--momentum", "5"],
+                                  ["--momentum", "1"], ["--momentum", "-0.1"], ["--init", "lecun"]])
 def test_bad_values_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         parse(*argv)
@@ -192,10 +216,13 @@ def test_quick_run_writes_every_output(fake_cifar, tmp_path, capsys):
     state = load_checkpoint(out / "checkpoint.npz")
     assert state["epoch"] == 1 and state["history"][0]["test_acc"] == float(rows[0]["test_acc"])
 
-    # Resuming a finished run trains nothing more and reports again.
+    # Resuming a finished run trains nothing more, says so, and reports again.
     assert cifar.main(["--resume", str(out / "checkpoint.npz"), "--device", "cpu",
                        "--data", fake_cifar, "--no-progress"]) == 0
-    assert "final test accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert (f"resuming from {out / 'checkpoint.npz'}: the run is already finished (1 of 1 epoch), "
+            f"nothing to train; to train longer, start a new run with a larger --epochs") in printed
+    assert "final test accuracy" in printed and "epoch 2" not in printed
 
 
 def _demo(*argv, env=None):
@@ -223,3 +250,191 @@ def test_help_and_subcommands():
     assert listing.returncode == 0 and "cifar" in listing.stdout
     unknown = _demo("nope")
     assert unknown.returncode == 2 and "unknown subcommand 'nope'" in unknown.stderr
+
+
+# --------------------------------------------------------------------------
+# A diverging run stops, and saves nothing of it
+# --------------------------------------------------------------------------
+SMALL = ["--device", "cpu", "--epochs", "1", "--batch-size", "16", "--width", "0.0625",
+         "--train-images", "32", "--test-images", "16", "--schedule", "constant",
+         "--no-progress", "--no-download"]
+
+
+def _outputs(out):
+    """Every file of a run folder and its bytes."""
+    return {name: (out / name).read_bytes() for name in sorted(os.listdir(out))}
+
+
+@pytest.mark.parametrize("poisoned_step, caught_by", [
+    (4, "the loss is nan (main nan, aux1 nan, aux2 nan) at epoch 2, step 2 of 3"),
+    (6, "the weights hold NaN or infinite values (conv1.weight first) at epoch 2, step 3"),
+])
+def test_divergence_stops_the_run_and_keeps_the_last_good_files(tmp_path, poisoned_step, caught_by):
+    """A NaN planted in the weights after a step: the next loss is NaN (step 4 of 6), or,
+    after the last step of the run (6), only the weights show it. Either way the run stops
+    and checkpoint.npz, best.npz and metrics.csv stay as epoch 1 left them."""
+    trainer = quiet_trainer(tiny_config(tmp_path / "run", ema=0.0), tiny_data())
+    real_step, steps = trainer.optimizer.step, []
+
+    def step_then_poison():
+        real_step()
+        steps.append(1)
+        if len(steps) == poisoned_step:
+            trainer.model.conv1.weight.data[0, 0, 0, 0] = np.nan
+
+    trainer.optimizer.step = step_then_poison
+    trainer.config.epochs = 1                         # epoch 1 (of the 2 the schedule expects)
+    trainer.fit()
+    after_epoch_1 = _outputs(tmp_path / "run")
+    assert {"checkpoint.npz", "best.npz", "metrics.csv"} <= set(after_epoch_1)
+    trainer.config.epochs = 2
+    with pytest.raises(TrainingDiverged) as caught:
+        trainer.fit()
+    assert str(caught.value) == caught_by
+    assert _outputs(tmp_path / "run") == after_epoch_1
+
+
+def test_a_diverging_run_says_what_happened_and_exits_1(fake_cifar, fast_plots, tmp_path, capsys):
+    out = tmp_path / "run"
+    status = cifar.main(SMALL + ["--lr", "1e20", "--data", fake_cifar, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("python -m tinygnet.demo cifar: error: the run diverged: the loss is ")
+    assert "at epoch 1, step 2 of 2" in err and "try a smaller --lr (this run: 1e+20)" in err
+    assert "no checkpoint was written" in err and err.count("\n") == 1
+    assert "Warning" not in err and "Traceback" not in err
+    assert os.listdir(out) == ["config.json"]
+
+
+def test_epoch_line_shows_the_aux_losses_even_when_they_are_nan(tmp_path):
+    trainer = quiet_trainer(tiny_config(tmp_path), tiny_data())
+    row = {"epoch": 1, "loss": 2.0, "loss_main": 1.5, "loss_aux1": math.nan, "loss_aux2": 1.0,
+           "train_acc": 0.1, "test_acc": 0.1, "lr": 0.1, "train_seconds": 1.0,
+           "test_seconds": 1.0, "images_per_second": 10.0}
+    assert "aux1 nan, aux2 1.0000" in trainer._epoch_line(row, best=0.1)
+    trainer.config.aux = False
+    assert "aux1" not in trainer._epoch_line(row, best=0.1)
+
+
+# --------------------------------------------------------------------------
+# An existing run is never overwritten without --overwrite
+# --------------------------------------------------------------------------
+def test_an_existing_run_is_refused_and_kept(fake_cifar, fast_plots, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = SMALL + ["--data", fake_cifar, "--out", str(out)]
+    assert cifar.main(argv) == 0
+    before = _outputs(out)
+    capsys.readouterr()
+
+    assert cifar.main(argv + ["--lr", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"python -m tinygnet.demo cifar: error: --out {out} already holds a run "
+                   f"(config.json, metrics.csv, checkpoint.npz, best.npz, curves.png, "
+                   f"per_class.png): continue it with --resume {out / 'checkpoint.npz'}, start "
+                   f"it over with --overwrite (which replaces those files), or choose another "
+                   f"--out\n")
+    # Resuming from best.npz would write over the newer checkpoint.npz beside it: refused too.
+    assert cifar.main(["--resume", str(out / "best.npz"), "--data", fake_cifar]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cifar.main(["--resume", str(out / "checkpoint.npz"), "--overwrite"]) == 2
+    assert "--overwrite would delete the run that --resume continues" in capsys.readouterr().err
+    assert _outputs(out) == before
+
+    # --overwrite starts over: the old run's files go before training, so a new run that
+    # stops early (here: diverges) never leaves a mix of two runs.
+    assert cifar.main(argv + ["--overwrite", "--lr", "1e20"]) == 1
+    assert os.listdir(out) == ["config.json"]
+    assert json.loads((out / "config.json").read_text())["config"]["lr"] == 1e20
+
+
+def test_default_output_folders_never_collide(fake_cifar, fast_plots, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cifar, "default_out_folder", lambda kind: os.path.join("runs", "same-second"))
+    for _ in range(2):
+        assert cifar.main(SMALL + ["--data", fake_cifar]) == 0
+    assert sorted(os.listdir(tmp_path / "runs")) == ["same-second", "same-second-2"]
+    assert "writing to runs/same-second-2" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------
+# File-system mistakes: one sentence each, before any data is loaded
+# --------------------------------------------------------------------------
+def test_data_folder_from_the_environment_that_is_a_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "cifar.tgz").write_bytes(b"x")
+    monkeypatch.setenv("TINYGNET_DATA", str(tmp_path / "cifar.tgz"))
+    assert cifar.main(["--out", str(tmp_path / "run"), "--device", "cpu"]) == 1
+    assert capsys.readouterr().err == (
+        f"python -m tinygnet.demo cifar: error: the data folder {tmp_path / 'cifar.tgz'} (from "
+        f"$TINYGNET_DATA) is a file, not a folder; point tinygnet at a folder with --data DIR or "
+        f"$TINYGNET_DATA\n")
+    assert not (tmp_path / "run").exists()
+
+
+def _unprivileged():
+    """A command prefix under which folder permissions hold: root ignores them, so as root
+    the child runs without the capabilities that let it (setpriv, from util-linux)."""
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    try:
+        subprocess.run(prefix + ["true"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("running as root, and setpriv cannot drop the capability to ignore permissions")
+    return prefix
+
+
+@pytest.mark.parametrize("case", ["out", "data-to-unpack", "data-to-download"])
+def test_read_only_folders_get_one_line_errors(tmp_path, case):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if case == "data-to-unpack":
+        (locked / "cifar-10-python.tar.gz").write_bytes(b"never read: it cannot be unpacked here")
+    locked.chmod(0o555)
+    try:
+        data, out = ((tmp_path / "data", locked / "run") if case == "out" else
+                     (locked, tmp_path / "run"))
+        argv = ["--data", str(data), "--out", str(out), "--device", "cpu", "--no-progress"]
+        result = subprocess.run(_unprivileged() + [sys.executable, "-m", "tinygnet.demo", "cifar",
+                                                   *argv], cwd=REPO, capture_output=True,
+                                text=True, timeout=60)
+    finally:
+        locked.chmod(0o755)
+    expected = {
+        "out": (2, f"--out {out}: cannot create it in {locked} (Permission denied); choose a "
+                   f"writable folder with --out DIR"),
+        "data-to-unpack": (1, f"cannot unpack {locked}/cifar-10-python.tar.gz in {locked}: "
+                              f"Permission denied. Make the folder writable, or unpack the archive "
+                              f"into one that is (tar -xzf cifar-10-python.tar.gz -C DIR) and use "
+                              f"--data DIR"),
+        "data-to-download": (1, f"CIFAR-10 not found in {locked}, and it cannot be downloaded "
+                                f"there: Permission denied. Choose a folder you can write with "
+                                f"--data DIR or $TINYGNET_DATA"),
+    }[case]
+    assert (result.returncode, result.stderr) == (
+        expected[0], f"python -m tinygnet.demo cifar: error: {expected[1]}\n")
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------
+# Checkpoints that cannot be resumed
+# --------------------------------------------------------------------------
+def test_resume_from_a_random_file_gives_no_hint_to_unpickle_it(tmp_path, capsys):
+    path = tmp_path / "notes.npz"
+    path.write_bytes(bytes(range(256)) * 4)
+    assert cifar.main(["--resume", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"python -m tinygnet.demo cifar: error: cannot resume: {str(path)!r} is not a "
+                   f"tinygnet checkpoint: it is not an .npz archive (another kind of file, or a "
+                   f"corrupt one)\n")
+
+
+def test_resume_from_a_checkpoint_of_other_shapes_is_one_short_line(fake_cifar, tmp_path, capsys):
+    config = tiny_config(tmp_path / "run", data=fake_cifar)
+    state = quiet_trainer(config, tiny_data()).state_dict()
+    state["model"] = {name: np.zeros((1,) + value.shape, value.dtype)
+                      for name, value in state["model"].items()}        # every shape wrong
+    save_checkpoint(tmp_path / "run" / "checkpoint.npz", state)
+    assert cifar.main(["--resume", str(tmp_path / "run" / "checkpoint.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "the checkpoint does not match this run" in err and "wrong shape for conv1.weight" in err
+    assert "more)" in err and len(err) < 700 and err.count("\n") == 1

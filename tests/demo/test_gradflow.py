@@ -1,20 +1,23 @@
-"""The gradflow demo: the two runs start equal, and every output is written and consistent.
+"""The gradflow demo: its flags, the grid of runs, and every output written and consistent.
 
 Runs on tiny synthetic data in the official CIFAR-10 format, with a
 network narrow enough that a step takes milliseconds.
 """
 import csv
 import json
+import os
 from collections import defaultdict
 
 import numpy as np
 import pytest
 
 from tinygnet.demo import gradflow
+from tinygnet.demo.common import TrainingDiverged
 from tinygnet.demo.gradflow import Config, build_models
 
-TINY = ["--steps", "5", "--width", "0.0625", "--batch-size", "8", "--split-every", "2",
-        "--points", "3", "--test-images", "16", "--no-progress", "--no-download"]
+TINY = ["--steps", "4", "--width", "0.0625", "--batch-size", "8", "--split-every", "2",
+        "--test-images", "16", "--no-progress", "--no-download"]
+TRUNK_START = ["conv1", "conv2_reduce", "conv2"]
 
 
 @pytest.fixture
@@ -35,102 +38,215 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_both_runs_start_from_the_same_weights():
-    with_aux, without_aux = build_models(config(width=0.0625))
+def random_data(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+# --------------------------------------------------------------------------- flags
+def parse(*argv):
+    return gradflow.resolve_config(gradflow.build_parser().parse_args(list(argv) + ["--device", "cpu"]))
+
+
+def test_defaults_then_quick_then_flags():
+    default = parse()
+    assert default.init == ("gaussian", "xavier", "he") and default.seeds >= 2
+    assert (default.lr, default.momentum, default.aux_weight) == (0.01, 0.9, 0.3)
+    assert (default.dropout, default.aux_dropout) == (0.4, 0.7)       # the paper's: dropout on
+    quick = parse("--quick")
+    for name, value in gradflow.QUICK_OVERRIDES.items():
+        assert getattr(quick, name) == value, name
+    given = parse("--quick", "--init", "xavier, he,xavier", "--seeds", "3", "--seed", "5")
+    assert given.init == ("xavier", "he") and given.seed_list == [5, 6, 7]
+    assert given.steps == gradflow.QUICK_OVERRIDES["steps"]
+
+
+@pytest.mark.parametrize("argv", [["--init", "lecun"], ["--init", ""], ["--init", "he,Xavier"],
+                                  ["--seeds", "0"], ["--steps", "0"], ["--stem-stride", "3"],
+                                  ["--dropout", "1"], ["--lr", "nan"], ["--momentum", "1"]])
+def test_bad_flags_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        gradflow.main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert argv[0] in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- the runs
+@pytest.mark.parametrize("init", ["gaussian", "xavier", "he"])
+def test_both_runs_start_from_the_same_weights(init):
+    with_aux, without_aux = build_models(config(width=0.0625), init, seed=3)
     a = dict(with_aux.named_parameters())
     b = dict(without_aux.named_parameters())
     assert set(b) == {name for name in a if not name.startswith(("aux1.", "aux2."))}
     assert any(name.startswith("aux1.") for name in a)
     for name, p in b.items():
         np.testing.assert_array_equal(p.numpy(), a[name].numpy(), err_msg=name)
+    assert with_aux.init == init
+    other = build_models(config(width=0.0625), init, seed=4)[1]
+    assert not np.array_equal(other.conv1.weight.numpy(), without_aux.conv1.weight.numpy())
 
 
-def test_plot_points_and_window_means():
-    assert gradflow.plot_points(config(steps=100, points=4)) == [0, 33, 66, 99]
-    assert gradflow.plot_points(config(steps=5, points=10)) == [0, 1, 2, 3, 4]
-    assert gradflow.plot_points(config(steps=7, points=1)) == [6]
-    assert config(steps=200).window == 20 and config(steps=5).window == 1
-    values = np.arange(10.0)[:, None]
-    assert gradflow.window_mean(values, 0, 3)[0] == 0.0
-    assert gradflow.window_mean(values, 5, 3)[0] == 4.0          # mean of 3, 4, 5
+def test_same_seed_same_numbers_and_the_heads_reach_only_below_them():
+    settings = config(steps=3, width=0.0625, batch_size=8, split_every=2, test_images=0,
+                      dropout=0.0, aux_dropout=0.0, init=("xavier",), seeds=1)
+    first, second = (gradflow.run_experiment(settings, random_data(), progress=False,
+                                             log=lambda *a: None) for _ in range(2))
+    assert set(first) == {("xavier", "aux", 0), ("xavier", "no_aux", 0)}
+    for key in first:
+        np.testing.assert_array_equal(first[key].losses, second[key].losses)
+        np.testing.assert_array_equal(first[key].grad_norms, second[key].grad_norms)
+    # Same weights and batches, no dropout: at step 0 the runs differ only by the aux heads'
+    # gradient, which does not reach the layers above inception4d.
+    a, b = first["xavier", "aux", 0], first["xavier", "no_aux", 0]
+    assert a.losses[0, 1] == pytest.approx(b.losses[0, 1], rel=1e-6)
+    assert a.norms("inception5b")[0] == pytest.approx(b.norms("inception5b")[0], rel=1e-5)
+    assert a.norms("conv1")[0] != pytest.approx(b.norms("conv1")[0], rel=1e-3)
+    assert a.trunk == b.layers and a.layers[-2:] == ["aux1", "aux2"]
 
 
-def test_quick_run_writes_every_output(fake_cifar, tmp_path, capsys):
+def test_a_diverging_run_stops_at_once_and_says_so(fake_cifar, tmp_path, capsys):
+    settings = config(steps=50, width=0.0625, batch_size=8, split_every=100, test_images=0,
+                      init=("he",), seeds=1, lr=1e6)
+    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged,
+                                                  match="'he, with aux heads, seed 0' diverged"):
+        gradflow.run_experiment(settings, random_data(), progress=False, log=lambda *a: None)
     out = tmp_path / "out"
-    status = gradflow.main(["--data", fake_cifar, "--out", str(out)] + TINY)
+    status = gradflow.main(["--data", fake_cifar, "--out", str(out), "--lr", "1e4",
+                            "--init", "xavier,he"] + TINY)
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("python -m tinygnet.demo gradflow: error: run 'xavier, with aux heads, "
+                          "seed 0' diverged: the loss is nan")
+    assert "at step 2 of 4; stopped. Try a smaller --lr (this run: 10000)" in err
+    assert err.count("\n") == 1 and "Warning" not in err
+    assert os.listdir(out) == ["config.json"]
+
+
+def test_an_existing_run_is_refused_unless_overwrite(fake_cifar, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gradflow.csv").write_text("an earlier run\n")
+    (out / "notes.txt").write_text("mine")
+    argv = ["--data", fake_cifar, "--out", str(out), "--init", "he", "--seeds", "1"] + TINY
+    assert gradflow.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"python -m tinygnet.demo gradflow: error: --out {out} already holds a run "
+        f"(gradflow.csv): start it over with --overwrite (which replaces those files), or "
+        f"choose another --out\n")
+    assert (out / "gradflow.csv").read_text() == "an earlier run\n"
+    assert gradflow.main(argv + ["--overwrite", "--steps", "2", "--split-every", "1"]) == 0
+    assert (out / "gradflow.csv").read_text().startswith("init,run,seed,step,quantity,layer,value\n")
+    assert (out / "notes.txt").read_text() == "mine"          # not a file of the run: kept
+
+
+def test_the_seed_sets_the_order_of_the_batches():
+    images, labels = random_data(n=40)
+    settings = config(batch_size=8)
+
+    def first_labels(seed, n=6):
+        stream = gradflow.batches(images, labels, settings, seed)
+        return np.concatenate([next(stream)[1] for _ in range(n)])      # 6 batches: past an epoch
+    np.testing.assert_array_equal(first_labels(0), first_labels(0))
+    assert not np.array_equal(first_labels(0), first_labels(1))
+
+
+# --------------------------------------------------------------------------- derived numbers
+def test_smoothing_profiles_and_spread():
+    np.testing.assert_allclose(gradflow.smooth(np.arange(5.0), 2), [0, 0.5, 1.5, 2.5, 3.5])
+    result = gradflow.RunResult("he", "aux", 0, ["conv1", "fc", "aux1", "aux2"], None,
+                                np.array([[1.0, 4.0, 9.0, 9.0], [3.0, 4.0, 9.0, 9.0]]), [], None, 0)
+    assert result.trunk == ["conv1", "fc"]
+    np.testing.assert_allclose(gradflow.profile(result, [0]), [0.25, 1.0])
+    np.testing.assert_allclose(gradflow.profile(result, [0, 1]), [0.5, 1.0])
+    stats = gradflow.spread([[1.0, 5.0], [3.0, 2.0]])
+    np.testing.assert_allclose(stats["mean"], [2.0, 3.5])
+    np.testing.assert_allclose(stats["min"], [1.0, 2.0])
+    np.testing.assert_allclose(stats["max"], [3.0, 5.0])
+    assert config(steps=200).window == 20 and list(gradflow.late_steps(config(steps=200))) == \
+        list(range(180, 200))
+
+
+# --------------------------------------------------------------------------- end to end
+def test_quick_run_end_to_end_writes_every_output(fake_cifar, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = gradflow.main(["--quick", "--data", fake_cifar, "--out", str(out), "--seeds", "2"]
+                           + TINY)
     assert status == 0
-    for name in ("gradflow.png", "gradflow_split.png", "gradflow.csv", "config.json"):
+    for name in ("gradflow.png", "gradflow_training.png", "gradflow_split.png", "gradflow.csv",
+                 "config.json"):
         assert (out / name).stat().st_size > 0, name
     with open(out / "config.json") as f:
         saved = json.load(f)["config"]
-    assert saved["steps"] == 5 and saved["width"] == 0.0625 and saved["aux_weight"] == 0.3
+    assert saved["quick"] and saved["steps"] == 4 and saved["init"] == ["gaussian", "xavier", "he"]
 
     rows = read_csv(out / "gradflow.csv")
-    assert list(rows[0]) == ["run", "step", "quantity", "layer", "value"]
+    assert list(rows[0]) == ["init", "run", "seed", "step", "quantity", "layer", "value"]
     by = defaultdict(list)
     for row in rows:
-        by[row["run"], row["quantity"]].append(row)
-    # Losses: one per step for both runs; the aux ones only in run (a).
-    assert [int(r["step"]) for r in by["aux", "loss_main"]] == list(range(5))
-    assert len(by["no_aux", "loss_main"]) == 5 and not by["no_aux", "loss_aux1"]
-    for main, aux1, aux2, total in zip(by["aux", "loss_main"], by["aux", "loss_aux1"],
-                                       by["aux", "loss_aux2"], by["aux", "loss_total"]):
-        expected = float(main["value"]) + 0.3 * (float(aux1["value"]) + float(aux2["value"]))
-        assert float(total["value"]) == pytest.approx(expected, rel=1e-4)
-    # Gradient norms: every layer, every step, in network order; the aux heads only in (a).
-    layers_a = [r["layer"] for r in by["aux", "grad_norm"] if r["step"] == "0"]
-    layers_b = [r["layer"] for r in by["no_aux", "grad_norm"] if r["step"] == "0"]
-    assert layers_a[:3] == ["conv1", "conv2_reduce", "conv2"] and layers_a[-3:] == ["fc", "aux1", "aux2"]
-    assert layers_b == layers_a[:-2]
-    assert len(by["no_aux", "grad_norm"]) == 5 * len(layers_b)
-    assert all(float(r["value"]) > 0 for r in by["no_aux", "grad_norm"])
-    assert {int(r["step"]) for r in by["aux", "grad_norm_plotted"]} == {0, 2, 4}
-    # The split: at steps 0, 2, 4 of run (a), for every trunk layer; shares add up to 1.
-    shares = defaultdict(float)
-    for head in ("main", "aux1", "aux2"):
-        for r in by["aux", f"split_share_{head}"]:
-            shares[r["step"], r["layer"]] += float(r["value"])
-    assert {step for step, _ in shares} == {"0", "2", "4"}
-    assert {layer for _, layer in shares} == set(layers_b)
-    for key, total in shares.items():
-        assert total == pytest.approx(1.0, abs=1e-3), key
-    reached = {r["layer"] for r in by["aux", "split_norm_aux1"] if float(r["value"]) > 0}
-    assert "conv1" in reached and "inception4a" in reached and "inception4b" not in reached
-    assert not by["no_aux", "split_share_main"]
+        by[row["init"], row["run"], row["seed"], row["quantity"]].append(row)
+    for init in ("gaussian", "xavier", "he"):
+        for seed in ("0", "1"):
+            # Losses: one per step in both runs; the aux ones only in run (a).
+            assert [int(r["step"]) for r in by[init, "aux", seed, "loss_main"]] == list(range(4))
+            assert len(by[init, "no_aux", seed, "loss_main"]) == 4
+            assert not by[init, "no_aux", seed, "loss_aux1"]
+            for main, aux1, aux2, total in zip(*(by[init, "aux", seed, f"loss_{k}"]
+                                                 for k in ("main", "aux1", "aux2", "total"))):
+                expected = float(main["value"]) + 0.3 * (float(aux1["value"]) + float(aux2["value"]))
+                assert float(total["value"]) == pytest.approx(expected, rel=1e-4)
+            # Gradient norms: every layer, every step, network order; the aux heads only in (a).
+            layers_a = [r["layer"] for r in by[init, "aux", seed, "grad_norm"] if r["step"] == "0"]
+            layers_b = [r["layer"] for r in by[init, "no_aux", seed, "grad_norm"] if r["step"] == "0"]
+            assert layers_a[:3] == TRUNK_START and layers_a[-3:] == ["fc", "aux1", "aux2"]
+            assert layers_b == layers_a[:-2] and len(by[init, "no_aux", seed, "grad_norm"]) == 4 * len(layers_b)
+            # The split at steps 0 and 2 of run (a), every trunk layer; shares add up to 1.
+            shares = defaultdict(float)
+            for head in ("main", "aux1", "aux2"):
+                for r in by[init, "aux", seed, f"split_share_{head}"]:
+                    shares[r["step"], r["layer"]] += float(r["value"])
+            assert {step for step, _ in shares} == {"0", "2"}
+            assert {layer for _, layer in shares} == set(layers_b)
+            for key, total in shares.items():
+                assert total == pytest.approx(1.0, abs=1e-3), key
+            reached = {r["layer"] for r in by[init, "aux", seed, "split_norm_aux1"]
+                       if float(r["value"]) > 0}
+            assert "conv1" in reached and "inception4b" not in reached
+            for run in ("aux", "no_aux"):
+                assert 0 <= float(by[init, run, seed, "test_acc"][0]["value"]) <= 1
+        # The plotted numbers: mean, min and max over the two seeds, the mean between.
+        for run in ("aux", "no_aux"):
+            profile = {s: {r["layer"]: float(r["value"]) for r in by[init, run, s, "profile_step0"]}
+                       for s in ("mean", "min", "max")}
+            assert list(profile["mean"])[:3] == TRUNK_START and profile["mean"]["fc"] == 1.0
+            for layer, mean in profile["mean"].items():
+                assert profile["min"][layer] <= mean * (1 + 1e-5)
+                assert mean <= profile["max"][layer] * (1 + 1e-5)
+            raw = [float(r["value"]) for s in ("0", "1") for r in by[init, run, s, "grad_norm"]
+                   if r["step"] == "0" and r["layer"] in ("conv1", "fc")]
+            ratios = [raw[0] / raw[1], raw[2] / raw[3]]
+            assert profile["mean"]["conv1"] == pytest.approx(np.mean(ratios), rel=1e-4)
+            assert profile["min"]["conv1"] == pytest.approx(min(ratios), rel=1e-4)
+            assert len(by[init, run, "mean", "conv1_over_fc_smoothed"]) == 4
+            assert len(by[init, run, "mean", "loss_main_smoothed"]) == 4
+            accuracies = [float(by[init, run, s, "test_acc"][0]["value"]) for s in ("0", "1")]
+            assert float(by[init, run, "mean", "test_acc"][0]["value"]) == pytest.approx(
+                np.mean(accuracies), abs=1e-6)
+        assert len(by[init, "aux", "mean", "split_share_aux1_conv1"]) == 2
 
     printed = capsys.readouterr().out
-    assert "with / without aux heads" in printed
-    assert "conv1" in printed and "inception3a" in printed and "ratio" in printed
-    assert "training loss after 5 steps" in printed
-    assert "test accuracy" in printed
-    assert "per-head split" in printed and "main/aux1" in printed
+    for init in ("gaussian", "xavier", "he"):
+        assert f"init {init} " in printed
+    for text in ("gradient norm conv1 / fc, step 0", "main loss, steps 0-0", "test accuracy, 16",
+                 "aux share of conv1's gradient, step 0", "with aux heads", "without aux heads",
+                 "[", "12 runs"):
+        assert text in printed, text
+    table = [line for line in printed.splitlines() if line.startswith(("init ", "  "))]
+    assert len(table) == 3 * 8 and max(map(len, table)) <= 110        # a table that reads
 
 
-def test_same_seed_same_numbers():
-    rng = np.random.default_rng(0)
-    train = (rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 24))
-    settings = config(steps=3, width=0.0625, batch_size=8, split_every=2, test_images=0,
-                      dropout=0.0, aux_dropout=0.0)
-    first, second = (gradflow.run_experiment(settings, train, progress=False, log=lambda *a: None)
-                     for _ in range(2))
-    for run in gradflow.RUNS:
-        np.testing.assert_array_equal(first[run].losses, second[run].losses)
-        np.testing.assert_array_equal(first[run].grad_norms, second[run].grad_norms)
-    # Same weights and batches, no dropout: at step 0 the runs differ only by the aux heads'
-    # gradient, which does not reach the layers above inception4d.
-    a, b = first["aux"], first["no_aux"]
-    assert a.losses[0, 1] == pytest.approx(b.losses[0, 1], rel=1e-6)
-    top_a, top_b = a.layers.index("inception5b"), b.layers.index("inception5b")
-    assert a.grad_norms[0, top_a] == pytest.approx(b.grad_norms[0, top_b], rel=1e-5)
-    assert a.grad_norms[0, 0] != pytest.approx(b.grad_norms[0, 0], rel=1e-3)     # conv1 differs
-
-
-def test_missing_data_and_bad_options_fail_cleanly(tmp_path, capsys):
+def test_missing_data_fails_cleanly(tmp_path, capsys):
     status = gradflow.main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")] + TINY)
     assert status == 1
-    assert "error" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as stop:
-        gradflow.main(["--steps", "0"])
-    assert stop.value.code == 2
-    with pytest.raises(SystemExit):
-        gradflow.main(["--stem-stride", "3"])
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err

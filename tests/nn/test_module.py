@@ -181,6 +181,27 @@ def test_load_state_dict_errors_name_keys_and_both_shapes():
         net.load_state_dict(wrong, strict=False)
 
 
+def test_load_state_dict_of_something_else_says_what_it_expected():
+    for wrong in (None, [np.zeros(3)], "weights.npz"):
+        with pytest.raises(TypeError, match=r"load_state_dict into Net: expected a dict of "
+                                            r"name -> array .* got " + type(wrong).__name__):
+            Net().load_state_dict(wrong)
+
+
+def test_a_mismatch_everywhere_gives_a_short_message():
+    """Every shape wrong (a checkpoint of another width): the first few, and how many more."""
+    small = tinygnet.models.GoogLeNet(num_classes=10, config="cifar", width=0.0625)
+    large = tinygnet.models.GoogLeNet(num_classes=10, config="cifar", width=0.125)
+    with pytest.raises(ValueError) as caught:
+        small.load_state_dict(large.state_dict())
+    message = str(caught.value)
+    wrong = sum(a.shape != b.shape for a, b in zip(small.state_dict().values(),
+                                                  large.state_dict().values()))
+    assert message.startswith("load_state_dict into GoogLeNet: wrong shape for conv1.weight: "
+                              "the state dict has (8, 3, 3, 3), the module has (4, 3, 3, 3)")
+    assert message.endswith(f"and {wrong - 3} more") and len(message) < 400
+
+
 def test_a_failed_load_changes_nothing():
     net = Net()
     before = net.state_dict()

@@ -86,3 +86,9 @@ def test_state_dict_round_trip():
 def test_bad_decay():
     with pytest.raises(ValueError, match="decay"):
         EMA([tensor([1.0])], decay=1.0)
+
+
+def test_load_state_dict_of_something_else_says_what_it_expected():
+    ema = EMA([tg.tensor([1.0], requires_grad=True)])
+    with pytest.raises(TypeError, match=r"EMA.load_state_dict: expected a dict .* got NoneType"):
+        ema.load_state_dict(None)

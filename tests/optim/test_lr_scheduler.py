@@ -111,3 +111,11 @@ def test_bad_arguments():
         OneCycleLR(optimizer(), max_lr=1.0)
     with pytest.raises(ValueError, match="max_lr"):
         OneCycleLR(optimizer(groups=2), max_lr=[1.0], total_steps=10)
+
+
+@pytest.mark.parametrize("make", [lambda o: StepLR(o, 2), lambda o: LinearWarmup(StepLR(o, 2), 2)],
+                         ids=["step", "warmup"])
+def test_load_state_dict_of_something_else_says_what_it_expected(make):
+    scheduler = make(SGD([tg.tensor([1.0], requires_grad=True)], lr=0.1))
+    with pytest.raises(TypeError, match=r"load_state_dict: expected a dict .* got NoneType"):
+        scheduler.load_state_dict(None)

@@ -178,6 +178,29 @@ def test_bad_arguments(make, match):
         make([param([1.0])])
 
 
+@pytest.mark.parametrize("make", [
+    lambda ps: SGD(ps, lr=0.1),
+    lambda ps: SGD(ps, lr=0.1, weight_decay=0.1),
+    lambda ps: SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+    lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+    lambda ps: SGD(ps, lr=0.1, momentum=0.9, dampening=0.5),
+    lambda ps: Adam(ps, lr=0.1, weight_decay=0.1),
+    lambda ps: AdamW(ps, lr=0.1, weight_decay=0.1),
+], ids=["sgd", "sgd-decay", "sgd-momentum-decay", "nesterov-decay", "dampening", "adam-decay",
+        "adamw-decay"])
+def test_step_leaves_the_gradient_untouched(rng, make):
+    """step() reads p.grad and never writes it: a later reader (a gradient monitor, a second
+    optimiser, a clipping step) must see the gradient backward made. Two steps on the same
+    gradient, so a momentum buffer that aliased it would show too."""
+    p = param(rng.standard_normal(5) + 2.0)
+    grad = rng.standard_normal(5).astype(np.float32)
+    p.grad = tg.tensor(grad.copy())
+    optimizer = make([p])
+    for _ in range(2):
+        optimizer.step()
+        np.testing.assert_array_equal(p.grad.data, grad)
+
+
 # ---------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("make", [
     lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
@@ -228,3 +251,11 @@ def test_load_state_dict_rejects_another_model():
     d.step()
     with pytest.raises(ValueError, match="shape"):
         c.load_state_dict(d.state_dict())
+
+
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1), lambda ps: Adam(ps)], ids=["sgd", "adam"])
+def test_load_state_dict_of_something_else_says_what_it_expected(make):
+    optimizer = make([param([1.0])])
+    for wrong in (None, {"momentum": 0.9}):
+        with pytest.raises(TypeError, match="expected a dict with 'state' and 'param_groups'"):
+            optimizer.load_state_dict(wrong)

@@ -78,6 +78,25 @@ def resolve_data_root(data_arg=None) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
+def _named(root) -> str:
+    """``root``, saying where it came from when that was $TINYGNET_DATA (the user may not know)."""
+    from_env = os.environ.get(ENV_VAR)
+    if from_env and resolve_data_root(from_env) == root:
+        return f"{root} (from ${ENV_VAR})"
+    return root
+
+
+def _check_root(root) -> None:
+    """Refuse a data folder that is a file, or lies under one."""
+    existing = root
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == root else f"lies under {existing}, which is a file"
+        raise DatasetNotFoundError(f"the data folder {_named(root)} {where}, not a folder; "
+                                   f"point tinygnet at a folder with --data DIR or ${ENV_VAR}")
+
+
 def _how_to_provide(root) -> str:
     return (f"To provide it, put {ARCHIVE_NAME} or the unpacked {FOLDER_NAME}/ folder in {root}, "
             f"or point tinygnet at a folder that holds one with --data DIR or ${ENV_VAR}. "
@@ -91,6 +110,7 @@ def prepare_cifar10(root=None, download=True, fetch=None, progress=True) -> str:
     (when ``download``). ``fetch`` replaces ``urllib.request.urlopen`` (tests).
     """
     root = resolve_data_root(root)
+    _check_root(root)
     folder = os.path.join(root, FOLDER_NAME)
     archive = os.path.join(root, ARCHIVE_NAME)
     if os.path.isdir(folder):
@@ -126,10 +146,18 @@ def download_cifar10(root, fetch=None, progress=True, url=None, md5=None) -> str
 
     url, md5 = url or URL, md5 or MD5
     fetch = fetch or (lambda address: urllib.request.urlopen(address, timeout=60))
-    os.makedirs(root, exist_ok=True)
+    created = _missing_folders(root)      # removed again if the download fails
     archive = os.path.join(root, ARCHIVE_NAME)
-    handle, partial = tempfile.mkstemp(dir=root, prefix=f".{ARCHIVE_NAME}.", suffix=".part")
+    try:
+        os.makedirs(root, exist_ok=True)
+        handle, partial = tempfile.mkstemp(dir=root, prefix=f".{ARCHIVE_NAME}.", suffix=".part")
+    except OSError as error:
+        _remove_empty(created)
+        raise DatasetNotFoundError(f"CIFAR-10 not found in {_named(root)}, and it cannot be "
+                                   f"downloaded there: {error.strerror}. Choose a folder you can "
+                                   f"write with --data DIR or ${ENV_VAR}") from None
     digest = hashlib.md5()
+    downloaded = False
     try:
         with os.fdopen(handle, "wb") as out:
             try:
@@ -152,10 +180,32 @@ def download_cifar10(root, fetch=None, progress=True, url=None, md5=None) -> str
                 f"downloaded {url} has md5 {digest.hexdigest()}, expected {md5}: the download "
                 f"is corrupt or incomplete and was deleted. Try again, or " + _how_to_provide(root))
         os.replace(partial, archive)
+        downloaded = True
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+        if not downloaded:                # a mistyped --data is not left behind, empty
+            _remove_empty(created)
     return archive
+
+
+def _missing_folders(path) -> list:
+    """The folders ``os.makedirs(path)`` would create, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_empty(folders) -> None:
+    """Remove ``folders`` (deepest first) where they exist and are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:                   # not empty, or already gone: leave it
+            return
 
 
 # --------------------------------------------------------------------------
@@ -190,7 +240,12 @@ def unpack_archive(archive, root) -> str:
     renamed into place. On any error the temporary folder is removed.
     """
     folder = os.path.join(root, FOLDER_NAME)
-    staging = tempfile.mkdtemp(dir=root, prefix=f".{FOLDER_NAME}.", suffix=".partial")
+    try:
+        staging = tempfile.mkdtemp(dir=root, prefix=f".{FOLDER_NAME}.", suffix=".partial")
+    except OSError as error:
+        raise DatasetError(f"cannot unpack {archive} in {_named(root)}: {error.strerror}. Make the "
+                           f"folder writable, or unpack the archive into one that is "
+                           f"(tar -xzf {ARCHIVE_NAME} -C DIR) and use --data DIR") from None
     try:
         try:
             with tarfile.open(archive, "r:*") as tar:
@@ -200,13 +255,22 @@ def unpack_archive(archive, root) -> str:
                 # Python's own "data" filter (3.10.12+) as a second line of defence.
                 options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tar.extractall(staging, members=members, **options)
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
-            raise CorruptDatasetError(f"{archive} is not a readable tar.gz archive ({error}); "
-                                      f"delete it and try again. " + _how_to_provide(root)) from None
+        except OSError as error:
+            if error.errno is not None:    # the file system (disk full...), not the archive
+                raise DatasetError(f"cannot unpack {archive} in {_named(root)}: "
+                                   f"{error.strerror}") from None
+            raise _corrupt_archive(archive, root, error) from None
+        except (tarfile.TarError, EOFError, zlib.error) as error:
+            raise _corrupt_archive(archive, root, error) from None
         unpacked = os.path.join(staging, FOLDER_NAME)
         if not os.path.isdir(unpacked):
             raise CorruptDatasetError(f"{archive} holds no {FOLDER_NAME}/ folder. " + _how_to_provide(root))
-        check_folder(unpacked, source=archive)
+        try:
+            check_folder(unpacked, shown=FOLDER_NAME)     # errors name files as in the archive
+        except CorruptDatasetError as error:
+            # A damaged block ends a tar archive early without an error: files then go missing.
+            raise CorruptDatasetError(f"{archive} is corrupt or incomplete: {error}. Delete it "
+                                      f"and download it again. " + _how_to_provide(root)) from None
         try:
             os.rename(unpacked, folder)          # atomic: the folder appears complete or not at all
         except OSError:
@@ -217,15 +281,23 @@ def unpack_archive(archive, root) -> str:
     return folder
 
 
-def check_folder(folder, source=None) -> None:
-    """Check that every file is present and every batch parses (no md5: user copies differ)."""
-    where = f" (unpacked from {source})" if source else ""
+def _corrupt_archive(archive, root, error) -> CorruptDatasetError:
+    return CorruptDatasetError(f"{archive} is not a readable tar.gz archive ({error}); delete it "
+                               f"and try again. " + _how_to_provide(root))
+
+
+def check_folder(folder, shown=None) -> None:
+    """Check that every file is present and every batch parses (no md5: user copies differ).
+
+    Messages name the files as ``shown/NAME`` (default: ``folder/NAME``).
+    """
+    shown = shown or folder
     missing = [name for name in REQUIRED_FILES if not os.path.isfile(os.path.join(folder, name))]
     if missing:
-        raise CorruptDatasetError(f"CIFAR-10 folder {folder}{where} is missing {', '.join(missing)}")
-    read_meta(os.path.join(folder, META_FILE))
+        raise CorruptDatasetError(f"{shown} has no {', '.join(missing)}")
+    read_meta(os.path.join(folder, META_FILE), shown=f"{shown}/{META_FILE}")
     for name in TRAIN_FILES + TEST_FILES:
-        read_batch(os.path.join(folder, name))
+        read_batch(os.path.join(folder, name), shown=f"{shown}/{name}")
 
 
 # --------------------------------------------------------------------------
@@ -252,48 +324,57 @@ class _ArrayUnpickler(pickle.Unpickler):
         return getattr(importlib.import_module(module), name)
 
 
-def _load_pickle(path) -> dict:
-    """Load a batch pickle; keys become str whether written as bytes (Python 2) or str."""
+def _load_pickle(path, shown=None) -> dict:
+    """Load a batch pickle; keys become str whether written as bytes (Python 2) or str.
+
+    Errors name the file ``shown`` (default: ``path``).
+    """
+    shown = shown or path
     try:
         with open(path, "rb") as f:
             content = _ArrayUnpickler(f, encoding="bytes").load()
     except Exception as error:  # truncated or garbage files raise many different errors
-        raise CorruptDatasetError(f"{path}: not a readable CIFAR-10 pickle "
+        raise CorruptDatasetError(f"{shown}: not a readable CIFAR-10 pickle "
                                   f"({type(error).__name__}: {error})") from None
     if not isinstance(content, dict):
-        raise CorruptDatasetError(f"{path}: expected a pickled dict, got {type(content).__name__}")
+        raise CorruptDatasetError(f"{shown}: expected a pickled dict, got {type(content).__name__}")
     return {key.decode("latin1") if isinstance(key, bytes) else key: value
             for key, value in content.items()}
 
 
-def read_batch(path):
-    """One batch file -> (images uint8 (n, 3, 32, 32), labels int64 (n,)), checked."""
-    batch = _load_pickle(path)
+def read_batch(path, shown=None):
+    """One batch file -> (images uint8 (n, 3, 32, 32), labels int64 (n,)), checked.
+
+    Errors name the file ``shown`` (default: ``path``).
+    """
+    shown = shown or path
+    batch = _load_pickle(path, shown)
     if "data" not in batch or "labels" not in batch:
-        raise CorruptDatasetError(f"{path}: missing the 'data' or 'labels' entry "
+        raise CorruptDatasetError(f"{shown}: missing the 'data' or 'labels' entry "
                                   f"(has {sorted(batch)})")
     data, labels = batch["data"], np.asarray(batch["labels"])
     if (not isinstance(data, np.ndarray) or data.dtype != np.uint8
             or data.shape != (IMAGES_PER_BATCH, 3072)):
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
-        raise CorruptDatasetError(f"{path}: 'data' should be a {IMAGES_PER_BATCH} x 3072 uint8 "
+        raise CorruptDatasetError(f"{shown}: 'data' should be a {IMAGES_PER_BATCH} x 3072 uint8 "
                                   f"array, got shape {shape} dtype {dtype}")
     if labels.shape != (IMAGES_PER_BATCH,) or labels.dtype.kind not in "iu":
-        raise CorruptDatasetError(f"{path}: 'labels' should be {IMAGES_PER_BATCH} integers, "
+        raise CorruptDatasetError(f"{shown}: 'labels' should be {IMAGES_PER_BATCH} integers, "
                                   f"got shape {labels.shape} dtype {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise CorruptDatasetError(f"{path}: labels must lie in 0..{NUM_CLASSES - 1}, "
+        raise CorruptDatasetError(f"{shown}: labels must lie in 0..{NUM_CLASSES - 1}, "
                                   f"found {labels.min()}..{labels.max()}")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
-def read_meta(path) -> list:
-    """batches.meta -> the ten class names as str."""
-    meta = _load_pickle(path)
+def read_meta(path, shown=None) -> list:
+    """batches.meta -> the ten class names as str (errors name the file ``shown``)."""
+    shown = shown or path
+    meta = _load_pickle(path, shown)
     names = meta.get("label_names")
     if not isinstance(names, (list, tuple)) or len(names) != NUM_CLASSES:
-        raise CorruptDatasetError(f"{path}: 'label_names' should list {NUM_CLASSES} class names, "
+        raise CorruptDatasetError(f"{shown}: 'label_names' should list {NUM_CLASSES} class names, "
                                   f"got {names!r:.80}")
     return [name.decode("latin1") if isinstance(name, bytes) else str(name) for name in names]
 
@@ -316,9 +397,13 @@ class CIFAR10:
         self.root = resolve_data_root(root)
         self.train = train
         folder = prepare_cifar10(self.root, download=download, fetch=fetch, progress=progress)
-        self.classes = read_meta(os.path.join(folder, META_FILE))
-        batches = [read_batch(os.path.join(folder, name))
-                   for name in (TRAIN_FILES if train else TEST_FILES)]
+        try:
+            self.classes = read_meta(os.path.join(folder, META_FILE))
+            batches = [read_batch(os.path.join(folder, name))
+                       for name in (TRAIN_FILES if train else TEST_FILES)]
+        except CorruptDatasetError as error:
+            raise CorruptDatasetError(f"{error}. The CIFAR-10 folder {folder} is damaged: delete "
+                                      f"it to unpack or download it again") from None
         self.images = np.concatenate([images for images, _ in batches])   # N x 3 x 32 x 32
         self.labels = np.concatenate([labels for _, labels in batches])   # N
 

@@ -11,52 +11,56 @@ What one run does:
    save it to ``OUT/config.json``;
 2. load CIFAR-10 (``tinygnet.data``), build GoogLeNet, the optimiser, the
    learning-rate schedule and optionally an EMA of the weights;
-3. each epoch: train with a progress bar (loss and its main/aux1/aux2 parts,
-   images/s), test with the main head only in eval mode, append a row to
-   ``metrics.csv``, redraw ``curves.png`` and ``per_class.png``, and write
-   ``checkpoint.npz`` (and ``best.npz`` when the test accuracy improves),
-   each file atomically;
+3. each epoch (``run.Trainer``, around the loop of ``training.py``): train
+   with a progress bar (loss and its main/aux1/aux2 parts, images/s), test
+   with the main head only in eval mode, write ``checkpoint.npz``, then
+   ``best.npz`` when the test accuracy improves, then ``metrics.csv``,
+   ``curves.png`` and ``per_class.png``, each file atomically;
 4. at the end print the final and best test accuracy, the time and the
    per-class accuracy.
+
+Nothing saved is lost. ``--out`` is checked before any data is loaded; one
+that holds an earlier run is refused unless ``--overwrite``. ``checkpoint.npz``
+is written first at the end of an epoch: the other outputs are derived from
+it, so a kill at any moment leaves them at most one epoch behind it, and
+``--resume`` brings them up to date. A loss that is NaN or infinite stops the
+run (exit status 1) before anything of it is saved.
 
 Resuming: a checkpoint holds everything the run depends on (weights,
 optimiser, schedule position, EMA, the data loader's and tinygnet's random
 streams, the metrics so far), so ``--resume`` continues exactly as if the run
-had never stopped. Ctrl-C stops at the end of the current step, saves a
-checkpoint (mid-epoch if need be) and prints how to resume; a second Ctrl-C
-stops at once, keeping the last checkpoint.
+had never stopped. Ctrl-C, or SIGTERM (``timeout``, schedulers, ``docker
+stop``), stops at the end of the current step, saves a checkpoint (mid-epoch
+if need be) and prints how to resume; a second one stops at once, keeping the
+last checkpoint.
 
 No per-step host syncs: on a GPU the running losses and correct counts are
-summed on the device and read only every ``log_every`` steps.
+summed on the device and read only every ``log_every`` steps (which is also
+how often a diverging loss is noticed).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
 import platform
 import shlex
-import shutil
-import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import __version__, backend
-from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from ..data import CIFAR10, DataLoader, DatasetError, resolve_data_root
-from ..models import GoogLeNet, googlenet_loss
-from ..optim import EMA, SGD, Adam, AdamW, CosineAnnealingLR, OneCycleLR, StepLR
-from ..tensor import Tensor, no_grad
-from .common import (UsageError, non_negative_float, number, non_negative_int, positive_float,
-                     positive_int, probability, resolve_device)
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..data import CIFAR10, DatasetError, resolve_data_root
+from ..models import INITS
+from .common import (TrainingDiverged, UsageError, check_out_folder, claim_out_folder,
+                     default_out_folder, exit_status, momentum_factor, non_negative_float,
+                     non_negative_int, number, positive_float, positive_int, probability,
+                     resolve_device, sigterm_interrupts, write_text)
+from .run import CHECKPOINT_KIND, OUTPUTS, Trainer
 
 PROG = "python -m tinygnet.demo cifar"
 
@@ -92,9 +96,9 @@ QUICK_OVERRIDES = dict(epochs=1, width=0.125, stem_stride=2, batch_size=64,
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "paper", "constant")
 
-EXIT_DATA_ERROR = 1
+EXIT_FAILURE = 1           # data, checkpoint or file errors, and a diverged run
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130     # the shell's convention for "stopped by Ctrl-C"
+# Interrupted by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM), the shell's convention.
 
 
 @dataclasses.dataclass
@@ -127,6 +131,7 @@ class Config:
     log_every: int
     out: str
     quick: bool
+    init: str = "he"        # checkpoints saved before --init existed started from He
 
 
 # Settings that may differ when resuming (where things live, not what is computed).
@@ -145,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and saved to OUT/config.json.",
         epilog="Outputs in --out: config.json, metrics.csv, curves.png, per_class.png, "
                "checkpoint.npz (every epoch) and best.npz (best test accuracy). "
-               "Ctrl-C saves a checkpoint; continue with --resume OUT/checkpoint.npz.")
+               "Ctrl-C or SIGTERM saves a checkpoint; continue with --resume OUT/checkpoint.npz. "
+               "A loss that becomes NaN or infinite stops the run (exit status 1).")
     # Defaults are None: "not given", so device defaults and --resume can tell.
     run = parser.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -168,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-batch-size", type=positive_int, metavar="N",
                      help="images per step when testing (default: 2 x batch size)")
     run.add_argument("--log-every", type=positive_int, metavar="N",
-                     help="steps between progress-bar updates of the losses: each update reads "
-                          "values back from the GPU (default: 1 on the CPU, 25 on a GPU)")
+                     help="steps between reads of the losses, for the progress bar and to stop "
+                          "a diverging run: each read waits for the GPU (default: 1 on the CPU, "
+                          "25 on a GPU)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bar (the per-epoch lines are still printed)")
 
@@ -183,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
                        help="batch norm after every conv (not in the 2014 paper; trains much "
                             "faster)" + _defaults("batchnorm"))
+    model.add_argument("--init", choices=INITS,
+                       help="how the conv and linear layers start: he (N(0, 2/fan_in)), xavier "
+                            "(the BVLC Caffe GoogLeNet: U(+-sqrt(3/fan_in)), biases 0.2) or "
+                            "gaussian (std 0.01, the AlexNet era); see GoogLeNet's docstring "
+                            "(default: he)")
     model.add_argument("--no-aux", dest="aux", action="store_false", default=None,
                        help="leave out the two auxiliary classifiers")
     model.add_argument("--aux-weight", type=non_negative_float, metavar="X",
@@ -199,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lr", type=positive_float, metavar="X",
                        help="learning rate: the peak of the one-cycle schedule, else the initial one"
                        + _defaults("lr"))
-    optim.add_argument("--momentum", type=non_negative_float, metavar="X",
+    optim.add_argument("--momentum", type=momentum_factor, metavar="X",
                        help="SGD momentum" + _defaults("momentum"))
     optim.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                        help="Nesterov momentum for SGD" + _defaults("nesterov"))
@@ -229,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "checkpoint's folder)")
     files.add_argument("--resume", metavar="PATH",
                        help="continue the run saved in this checkpoint exactly where it stopped")
+    files.add_argument("--overwrite", action="store_true",
+                       help="start over in an --out that holds an earlier run, replacing its "
+                            "outputs (without it, such an --out is refused)")
     return parser
 
 
@@ -258,7 +273,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     values["device"] = device
     values["data"] = resolve_data_root(args.data)
     values.setdefault("eval_batch_size", 2 * values["batch_size"])
-    values.setdefault("out", os.path.join("runs", time.strftime("cifar-%Y%m%d-%H%M%S")))
+    values.setdefault("out", default_out_folder("cifar"))
     return Config(**values)
 
 
@@ -322,359 +337,50 @@ def load_cifar10(config: Config):
 
 
 # ==========================================================================
-# Training
-# ==========================================================================
-class RunningMetrics:
-    """Sums of the loss parts and correct predictions over an epoch, kept on the device.
-
-    ``add`` only queues device work; ``means()`` reads the sums back (a host
-    sync on a GPU), so the loop calls it only every ``log_every`` steps.
-    """
-
-    PARTS = ("loss", "loss_main", "loss_aux1", "loss_aux2")
-
-    def __init__(self, xp):
-        self.xp = xp
-        self.sums = xp.zeros(len(self.PARTS), dtype=xp.float64)   # loss parts x images
-        self.correct = xp.zeros((), dtype=xp.int64)
-        self.images = 0
-        self.present = [True, True, False, False]   # aux parts: once the heads report
-
-    def add(self, losses, logits, labels):
-        n = len(labels)
-        for i, part in enumerate(losses):           # total, main, aux1, aux2
-            if part is not None:
-                self.sums[i] += part.data * n
-                self.present[i] = True
-        self.correct += (logits.data.argmax(axis=1) == labels).sum()
-        self.images += n
-
-    def means(self) -> dict:
-        sums = backend.to_numpy(self.sums)
-        n = max(self.images, 1)
-        values = {name: (float(s) / n if present else math.nan)
-                  for name, s, present in zip(self.PARTS, sums, self.present)}
-        values["train_acc"] = int(backend.to_numpy(self.correct)) / n
-        return values
-
-    def state_dict(self) -> dict:
-        return {"sums": backend.to_numpy(self.sums).copy(),
-                "correct": int(backend.to_numpy(self.correct)), "images": self.images, "present": list(self.present)}
-
-    def load_state_dict(self, state):
-        self.sums = self.xp.asarray(state["sums"])
-        self.correct = self.xp.asarray(state["correct"], dtype=self.xp.int64)
-        self.images, self.present = int(state["images"]), list(state["present"])
-
-
-class StopRequested:
-    """Turns the first Ctrl-C into a flag the loop checks between steps.
-
-    Stopping between steps keeps the state consistent (never half an
-    optimiser update), so the checkpoint saved then resumes exactly. A second
-    Ctrl-C raises KeyboardInterrupt at once.
-    """
-
-    def __init__(self):
-        self.requested = False
-
-    @contextmanager
-    def installed(self, log):
-        def handler(signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            log("\nCtrl-C: stopping after this step and saving a checkpoint "
-                "(press Ctrl-C again to stop at once)")
-
-        try:
-            previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:            # not the main thread: leave Ctrl-C alone
-            yield self
-            return
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
-class Trainer:
-    """One training run: model, optimiser, schedule, data and bookkeeping.
-
-    ``Trainer(config, train, test).fit()`` trains for ``config.epochs``
-    epochs, writing every output into ``config.out``. ``state_dict()`` /
-    ``load_state_dict()`` are what the checkpoints hold.
-    """
-
-    def __init__(self, config: Config, train: ArrayDataset, test: ArrayDataset,
-                 progress=True, plots=True, log=print):
-        self.config, self.progress, self.plots, self.log = config, progress, plots, log
-        self.classes = list(train.classes)
-        self.xp = backend.cupy_or_none() if config.device != "cpu" else np
-        # Order matters for reproducibility: the seed, then the train loader
-        # (which draws its own seed from the host stream), then the weights.
-        backend.manual_seed(config.seed)
-        self.train_loader = DataLoader(train, config.batch_size, shuffle=True, augment=True)
-        self.test_loader = DataLoader(test, config.eval_batch_size, shuffle=False, augment=False,
-                                      seed=0)
-        self.model = GoogLeNet(num_classes=len(self.classes), config="cifar", aux=config.aux,
-                               width=config.width, batchnorm=config.batchnorm,
-                               dropout=config.dropout, aux_dropout=config.aux_dropout,
-                               stem_stride=config.stem_stride).to(config.device)
-        self.optimizer = make_optimizer(config, self.model)
-        self.scheduler = make_schedule(config, self.optimizer, len(self.train_loader))
-        self.ema = (EMA(self.model.parameters(), decay=config.ema, buffers=self.model.buffers())
-                    if config.ema > 0 else None)
-        self.epoch = 0            # epochs completed
-        self.step = 0             # steps done in the current epoch
-        self.history = []         # one dict per completed epoch (the rows of metrics.csv)
-        self.running = RunningMetrics(self.xp)
-        self.confusion = None     # of the last test
-        self.seconds = 0.0        # time spent in completed epochs, across resumes
-        self.train_seconds = 0.0  # time spent training in the current epoch (across a resume)
-        self.stop = StopRequested()
-
-    # ------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
-        return {
-            "kind": "tinygnet.demo.cifar",
-            "config": dataclasses.asdict(self.config),
-            "epoch": self.epoch, "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "train_loader": self.train_loader.state_dict(),
-            "rng": backend.get_rng_state(),
-            "running": self.running.state_dict(),
-            "history": self.history, "confusion": self.confusion,
-            "seconds": self.seconds, "train_seconds": self.train_seconds,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.train_loader.load_state_dict(state["train_loader"])
-        backend.set_rng_state(state["rng"])
-        self.running.load_state_dict(state["running"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.history = [dict(row) for row in state["history"]]
-        self.confusion = state["confusion"]
-        self.seconds, self.train_seconds = float(state["seconds"]), float(state["train_seconds"])
-
-    def save(self, name="checkpoint.npz") -> str:
-        path = os.path.join(self.config.out, name)
-        save_checkpoint(path, self.state_dict())
-        return path
-
-    # ---------------------------------------------------------------- loop
-    def fit(self) -> dict:
-        """Train until ``config.epochs``; returns a summary (``interrupted`` if Ctrl-C stopped it)."""
-        config = self.config
-        os.makedirs(config.out, exist_ok=True)
-        with self.stop.installed(self.log):
-            while self.epoch < config.epochs:
-                if not self.train_epoch():
-                    return self.summary(interrupted=True, checkpoint=self.save())
-                started = time.perf_counter()
-                test_acc, confusion = self.evaluate()
-                self.end_epoch(test_acc, confusion, test_seconds=time.perf_counter() - started)
-                if self.stop.requested and self.epoch < config.epochs:
-                    return self.summary(interrupted=True,
-                                        checkpoint=os.path.join(config.out, "checkpoint.npz"))
-        return self.summary(interrupted=False)
-
-    def train_epoch(self) -> bool:
-        """Train through the rest of the current epoch; False if stopped part-way."""
-        config, model, xp = self.config, self.model, self.xp
-        model.train()
-        if self.step == 0:
-            self.running = RunningMetrics(xp)
-        started = time.perf_counter()
-        total = len(self.train_loader.labels)
-        bar = tqdm(total=total, initial=self.running.images, unit="img",
-                   desc=f"epoch {self.epoch + 1}/{config.epochs}", leave=False,
-                   disable=not self.progress, dynamic_ncols=True)
-        with bar:
-            for images, labels in self.train_loader:
-                x = Tensor(backend.to_device(images, config.device))   # N x 3 x 32 x 32
-                y = backend.to_device(labels, config.device)           # N
-                outputs = model(x)
-                # Host labels: cross_entropy checks them on the host, with no GPU sync.
-                losses = googlenet_loss(outputs, labels, aux_weight=config.aux_weight,
-                                        label_smoothing=config.label_smoothing)
-                self.optimizer.zero_grad()
-                losses.total.backward()
-                self.optimizer.step()
-                self.scheduler.step()
-                if self.ema is not None:
-                    self.ema.update()
-                self.running.add(losses, outputs.logits, y)
-                self.step += 1
-                last = self.step == len(self.train_loader)
-                if self.step % config.log_every == 0 or last:     # reads values: a host sync
-                    bar.set_postfix_str(self._postfix(self.running.means()), refresh=False)
-                bar.update(len(labels))
-                if self.stop.requested and not last:
-                    self.train_seconds += time.perf_counter() - started
-                    return False
-        self.train_seconds += time.perf_counter() - started
-        return True
-
-    @staticmethod
-    def _postfix(m) -> str:
-        text = f"loss {m['loss']:.3f} main {m['loss_main']:.3f}"
-        if not math.isnan(m["loss_aux1"]):
-            text += f" aux1 {m['loss_aux1']:.3f} aux2 {m['loss_aux2']:.3f}"
-        return text + f" acc {100 * m['train_acc']:.1f}%"
-
-    def evaluate(self):
-        """Test accuracy of the main head in eval mode (EMA weights if on) and the confusion matrix."""
-        model, xp = self.model, self.xp
-        model.eval()
-        predictions = []
-        averaged = self.ema.averaged() if self.ema is not None else nullcontext()
-        with no_grad(), averaged:
-            for images, _ in self.test_loader:
-                logits = model(Tensor(backend.to_device(images, self.config.device)))  # N x 10
-                predictions.append(logits.data.argmax(axis=1))
-        model.train()
-        predicted = backend.to_numpy(xp.concatenate(predictions))
-        truth = self.test_loader.labels
-        k = len(self.classes)
-        confusion = np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
-        return float(np.trace(confusion) / max(confusion.sum(), 1)), confusion
-
-    def end_epoch(self, test_acc, confusion, test_seconds) -> None:
-        """Record the epoch, print its line, write metrics, plots and checkpoints."""
-        started = time.perf_counter()
-        means = self.running.means()
-        best_before = max((row["test_acc"] for row in self.history), default=-1.0)
-        self.epoch, self.step, self.confusion = self.epoch + 1, 0, confusion
-        row = {"epoch": self.epoch, **means, "test_acc": test_acc,
-               "lr": self.scheduler.get_last_lr()[0],
-               "train_seconds": self.train_seconds, "test_seconds": test_seconds,
-               "images_per_second": self.running.images / max(self.train_seconds, 1e-9),
-               "elapsed_seconds": self.seconds + self.train_seconds + test_seconds}
-        self.history.append(row)
-        self.log(self._epoch_line(row, best=max(best_before, test_acc)))
-        self.write_metrics()
-        if self.plots:
-            self.write_plots(confusion)
-        # Writing the outputs counts too; set before saving so the checkpoint carries it.
-        self.seconds = row["elapsed_seconds"] + (time.perf_counter() - started)
-        self.train_seconds = 0.0
-        self.running = RunningMetrics(self.xp)
-        path = self.save()
-        if test_acc > best_before:
-            best = os.path.join(self.config.out, "best.npz")
-            with open(path, "rb") as source:
-                atomic_write(best, lambda f: shutil.copyfileobj(source, f))
-
-    def _epoch_line(self, row, best) -> str:
-        text = (f"epoch {row['epoch']:>3}/{self.config.epochs}  "
-                f"loss {row['loss']:.4f} (main {row['loss_main']:.4f}")
-        if not math.isnan(row["loss_aux1"]):
-            text += f", aux1 {row['loss_aux1']:.4f}, aux2 {row['loss_aux2']:.4f}"
-        return (text + f")  train {100 * row['train_acc']:5.2f}%  test {100 * row['test_acc']:5.2f}%"
-                f" (best {100 * best:5.2f}%)  lr {row['lr']:.4g}  {row['train_seconds']:.1f} s"
-                f" + {row['test_seconds']:.1f} s test ({row['images_per_second']:.0f} img/s)")
-
-    # -------------------------------------------------------------- outputs
-    def write_metrics(self) -> None:
-        """metrics.csv: one row per epoch, rewritten whole (so it always matches the checkpoint)."""
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(self.history[0]), lineterminator="\n")
-        writer.writeheader()
-        for row in self.history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        _write_text(os.path.join(self.config.out, "metrics.csv"), text.getvalue())
-
-    def write_plots(self, confusion) -> None:
-        from .plots import plot_curves, plot_per_class
-        plot_curves(self.history, os.path.join(self.config.out, "curves.png"))
-        plot_per_class(confusion, self.classes, os.path.join(self.config.out, "per_class.png"))
-
-    def summary(self, interrupted, checkpoint=None) -> dict:
-        best = max(self.history, key=lambda row: row["test_acc"]) if self.history else None
-        return {"interrupted": interrupted, "checkpoint": checkpoint, "epochs": self.epoch,
-                "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
-                "best_test_acc": best["test_acc"] if best else None,
-                "best_epoch": best["epoch"] if best else None,
-                "seconds": self.seconds, "confusion": self.confusion}
-
-
-def _write_text(path, text: str) -> None:
-    data = text.encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
-
-
-def make_optimizer(config: Config, model):
-    """SGD/Adam/AdamW; weight decay on conv and linear weights only."""
-    decay = [p for p in model.parameters() if p.ndim > 1]       # conv and linear weights
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]   # biases, batch-norm scale/shift
-    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [group for group in groups if group["params"]]
-    if config.optimizer == "sgd":
-        return SGD(groups, lr=config.lr, momentum=config.momentum,
-                   nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
-    rule = Adam if config.optimizer == "adam" else AdamW
-    return rule(groups, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def make_schedule(config: Config, optimizer, steps_per_epoch: int):
-    """The learning-rate schedule, stepped once per iteration."""
-    total = config.epochs * steps_per_epoch
-    if config.schedule == "onecycle":
-        if total < 4:
-            raise UsageError(f"--schedule onecycle needs at least 4 steps in all, this run has "
-                             f"{total}; use more epochs or images, or another schedule")
-        return OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
-    if config.schedule == "cosine":
-        return CosineAnnealingLR(optimizer, T_max=total)
-    if config.schedule == "paper":       # x0.96 every 8 epochs, counted in iterations
-        return StepLR(optimizer, step_size=8 * steps_per_epoch, gamma=0.96)
-    return StepLR(optimizer, step_size=max(total, 1), gamma=1.0)   # constant
-
-
-# ==========================================================================
 # main
 # ==========================================================================
 def main(argv=None) -> int:
-    """Run the demo; returns the exit status (0, 1 data/checkpoint error, 2 usage, 130 Ctrl-C)."""
+    """Run the demo; returns the exit status: 0, 1 (data, checkpoint or file error, or the run
+    diverged), 2 (usage), 130 (Ctrl-C) or 143 (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return _run(argv)
-    except KeyboardInterrupt:     # Ctrl-C before training started, or a second one
+        with sigterm_interrupts():
+            return _run(argv)
+    except KeyboardInterrupt as stop:    # a signal before training started, or a second one
         print(f"\n{PROG}: stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_status(stop)
 
 
 def _run(argv) -> int:
     args = build_parser().parse_args(argv)
+    given_out = args.out is not None or args.resume is not None
     try:
         if args.resume:
             state = load_checkpoint(args.resume)
-            if state.get("kind") != "tinygnet.demo.cifar" or "config" not in state:
+            if state.get("kind") != CHECKPOINT_KIND or "config" not in state:
                 raise CheckpointError(f"{args.resume!r} is not a checkpoint of this demo")
             config = config_for_resume(args, state["config"], args.resume)
+            continuing = (os.path.abspath(args.resume)
+                          == os.path.abspath(os.path.join(config.out, "checkpoint.npz")))
+            if continuing and args.overwrite:
+                raise UsageError(f"--overwrite would delete the run that --resume continues "
+                                 f"({config.out}); leave it out")
         else:
-            state, config = None, resolve_config(args)
+            state, config, continuing = None, resolve_config(args), False
+        check_out_folder(config.out, OUTPUTS, given=given_out, replace=args.overwrite,
+                         continuing=continuing, advice=_how_to_continue(config.out))
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (FileNotFoundError, CheckpointError) as error:
         print(f"{PROG}: error: cannot resume: {error}", file=sys.stderr)
-        return EXIT_DATA_ERROR
+        return EXIT_FAILURE
 
     try:
         train, test = load_cifar10(config)
     except DatasetError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_DATA_ERROR
+        return EXIT_FAILURE
 
     try:
         trainer = Trainer(config, train, test, progress=args.progress)
@@ -687,36 +393,79 @@ def _run(argv) -> int:
         except (KeyError, ValueError, TypeError) as error:
             print(f"{PROG}: error: cannot resume from {args.resume!r}: the checkpoint does not "
                   f"match this run ({type(error).__name__}: {error})", file=sys.stderr)
-            return EXIT_DATA_ERROR
+            return EXIT_FAILURE
 
     params = sum(p.size for p in trainer.model.parameters())
     print(f"tinygnet CIFAR-10 demo on {_device_name(config.device)}: GoogLeNet width {config.width}, "
           f"stem stride {config.stem_stride}, batch norm {'on' if config.batchnorm else 'off'}, "
-          f"aux heads {'on' if config.aux else 'off'}, {params:,} parameters; {len(train)} training "
-          f"and {len(test)} test images; {_plural(config.epochs, 'epoch')} of "
+          f"{config.init} init, aux heads {'on' if config.aux else 'off'}, {params:,} parameters; "
+          f"{len(train)} training and {len(test)} test images; {_plural(config.epochs, 'epoch')} of "
           f"{_plural(len(trainer.train_loader), 'step')}")
-    if state is not None:
-        print(f"resuming from {args.resume}: epoch {trainer.epoch + 1}, step {trainer.step}")
-    else:
-        _write_config(config, argv, params)
-    print(f"writing to {config.out}")
-
     checkpoint = os.path.join(config.out, "checkpoint.npz")
     try:
+        config.out = claim_out_folder(config.out, OUTPUTS, given=given_out, replace=args.overwrite)
+        checkpoint = os.path.join(config.out, "checkpoint.npz")
+        if state is not None:
+            repaired = trainer.repair_outputs(args.resume)
+            if repaired:
+                print(f"brought up to date with the checkpoint (the run had stopped between two "
+                      f"writes): {', '.join(repaired)}")
+        if not os.path.exists(os.path.join(config.out, "config.json")):
+            _write_config(config, argv, params)
+        if state is not None and trainer.epoch >= config.epochs:
+            print(f"resuming from {args.resume}: the run is already finished "
+                  f"({trainer.epoch} of {_plural(config.epochs, 'epoch')}), nothing to train; "
+                  f"to train longer, start a new run with a larger --epochs")
+            _print_summary(trainer.summary(interrupted=False), trainer.classes, config)
+            return 0
+        if state is not None:
+            print(f"resuming from {args.resume}: epoch {trainer.epoch + 1} of {config.epochs}, "
+                  f"step {trainer.step} of {len(trainer.train_loader)}")
+        print(f"writing to {config.out}")
         result = trainer.fit()
-    except KeyboardInterrupt:
+    except TrainingDiverged as error:
+        print(f"{PROG}: error: the run diverged: {error}. Stopped without saving it "
+              f"({_what_is_kept(checkpoint)}); try a smaller --lr (this run: {config.lr:g})",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as error:              # disk full, a folder made read-only during the run...
+        print(f"{PROG}: error: cannot write {error.filename or config.out}: {error.strerror}; "
+              f"{_what_is_kept(checkpoint)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt as stop:     # a second signal: stop at once
         if os.path.exists(checkpoint):
             print(f"\nstopped at once; the last checkpoint is kept. Resume with:\n"
                   f"  {PROG} --resume {shlex.quote(checkpoint)}", file=sys.stderr)
         else:
             print("\nstopped at once, before the first checkpoint", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_status(stop)
     if result["interrupted"]:
         print(f"stopped; checkpoint saved. Resume with:\n"
               f"  {PROG} --resume {shlex.quote(result['checkpoint'])}")
-        return EXIT_INTERRUPTED
+        return 128 + result["stopped_by"]
     _print_summary(result, trainer.classes, config)
     return 0
+
+
+def _how_to_continue(out) -> str:
+    checkpoint = os.path.join(out, "checkpoint.npz")
+    if os.path.isfile(checkpoint):
+        return f"continue it with --resume {shlex.quote(checkpoint)}, "
+    return ""
+
+
+def _what_is_kept(checkpoint) -> str:
+    """Which checkpoint a failed run leaves, for its last message."""
+    try:
+        state = load_checkpoint(checkpoint)
+    except (OSError, CheckpointError):
+        return "no checkpoint was written"
+    epoch, step = state.get("epoch"), state.get("step")
+    at = f"epoch {epoch}" + (f", step {step}" if step else "")
+    best = os.path.join(os.path.dirname(checkpoint), "best.npz")
+    also = " and best.npz" if os.path.exists(best) else ""
+    return f"{checkpoint}{also} are kept as they were ({at})" if also else \
+        f"{checkpoint} is kept as it was ({at})"
 
 
 def _write_config(config: Config, argv, params) -> None:
@@ -727,7 +476,7 @@ def _write_config(config: Config, argv, params) -> None:
               "tinygnet": __version__, "numpy": np.__version__,
               "python": platform.python_version(), "machine": platform.platform(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
+    write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
 
 
 def _plural(count, noun) -> str:

@@ -10,15 +10,17 @@ import numpy as np
 
 from ..checkpoint import atomic_write
 
-__all__ = ["plot_curves", "plot_per_class"]
+__all__ = ["plot_curves", "plot_per_class", "new_figure", "save_figure"]
 
 
-def _figure(width, height):
+def new_figure(width, height):
+    """An empty ``matplotlib.figure.Figure`` of ``width x height`` inches (100 dpi, constrained layout)."""
     from matplotlib.figure import Figure     # imported on first use: matplotlib loads slowly
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _save(figure, path) -> None:
+def save_figure(figure, path) -> None:
+    """Write ``figure`` to ``path`` as a PNG, atomically."""
     atomic_write(path, lambda f: figure.savefig(f, format="png"))
 
 
@@ -32,7 +34,7 @@ def plot_curves(history: list[dict], path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    figure = _figure(11, 4)
+    figure = new_figure(11, 4)
     losses, accuracies = figure.subplots(1, 2)
 
     for key, label, style in [("loss", "total", "-"), ("loss_main", "main", "-"),
@@ -56,7 +58,7 @@ def plot_curves(history: list[dict], path) -> None:
     for axes in (losses, accuracies):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_per_class(confusion: np.ndarray, class_names: list[str], path) -> None:
@@ -69,7 +71,7 @@ def plot_per_class(confusion: np.ndarray, class_names: list[str], path) -> None:
     rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     ticks = np.arange(len(class_names))
 
-    figure = _figure(13, 5.5)
+    figure = new_figure(13, 5.5)
     bars, matrix = figure.subplots(1, 2, width_ratios=[1, 1.25])
 
     overall = np.trace(confusion) / max(confusion.sum(), 1)
@@ -91,4 +93,4 @@ def plot_per_class(confusion: np.ndarray, class_names: list[str], path) -> None:
                 matrix.text(j, i, f"{confusion[i, j]}", ha="center", va="center", fontsize=7,
                             color="white" if rates[i, j] > 0.5 else "black")
     figure.colorbar(image, ax=matrix, shrink=0.8)
-    _save(figure, path)
+    save_figure(figure, path)

@@ -1,6 +1,6 @@
 """Networks built from ``tinygnet.nn``: GoogLeNet and its building blocks."""
-from .googlenet import (ConvUnit, GoogLeNet, GoogLeNetLoss, GoogLeNetOutputs, Inception,
+from .googlenet import (INITS, ConvUnit, GoogLeNet, GoogLeNetLoss, GoogLeNetOutputs, Inception,
                         InceptionAux, googlenet_loss, scale_channels)
 
 __all__ = ["GoogLeNet", "Inception", "InceptionAux", "ConvUnit", "GoogLeNetOutputs",
-           "GoogLeNetLoss", "googlenet_loss", "scale_channels"]
+           "GoogLeNetLoss", "googlenet_loss", "scale_channels", "INITS"]

@@ -22,6 +22,7 @@ gradient checks use.
 """
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 
 from .. import functional as F
@@ -29,7 +30,8 @@ from .. import nn
 from ..tensor import Tensor
 
 __all__ = ["GoogLeNet", "Inception", "InceptionAux", "ConvUnit", "GoogLeNetOutputs",
-           "GoogLeNetLoss", "googlenet_loss", "scale_channels"]
+           "GoogLeNetLoss", "googlenet_loss", "scale_channels", "STEM_CHANNELS",
+           "INCEPTION_CHANNELS", "AUX_CHANNELS", "INITS"]
 
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux1", "aux2"])
 GoogLeNetOutputs.__doc__ = """Train-mode outputs: the main logits, then the heads on inception4a
@@ -40,6 +42,29 @@ GoogLeNetLoss.__doc__ = """``total = main + aux_weight * (aux1 + aux2)``; the au
 when the outputs have no auxiliary logits."""
 
 INPUT_SIZES = {"imagenet": 224, "cifar": 32}
+INITS = ("he", "xavier", "gaussian")      # GoogLeNet(init=...): see the class docstring
+XAVIER_BIAS = 0.2       # BVLC's bias for every layer that feeds a ReLU under "xavier"
+GAUSSIAN_STD = 0.01     # the weights' std under "gaussian"
+
+# The paper's Table 1, at width 1. The stem: conv1 (7x7, or 3x3 in the cifar config),
+# conv2_reduce (1x1) and conv2 (3x3).
+STEM_CHANNELS = (64, 64, 192)
+InceptionChannels = namedtuple("InceptionChannels",
+                               ["ch1x1", "ch3x3red", "ch3x3", "ch5x5red", "ch5x5", "pool_proj"])
+INCEPTION_CHANNELS = {
+    "inception3a": InceptionChannels(64, 96, 128, 16, 32, 32),        # out 256
+    "inception3b": InceptionChannels(128, 128, 192, 32, 96, 64),      # out 480
+    "inception4a": InceptionChannels(192, 96, 208, 16, 48, 64),       # out 512
+    "inception4b": InceptionChannels(160, 112, 224, 24, 64, 64),      # out 512
+    "inception4c": InceptionChannels(128, 128, 256, 24, 64, 64),      # out 512
+    "inception4d": InceptionChannels(112, 144, 288, 32, 64, 64),      # out 528
+    "inception4e": InceptionChannels(256, 160, 320, 32, 128, 128),    # out 832
+    "inception5a": InceptionChannels(256, 160, 320, 32, 128, 128),    # out 832
+    "inception5b": InceptionChannels(384, 192, 384, 48, 128, 128),    # out 1024
+}
+# The auxiliary heads (the paper's section 5): a 1x1 conv with 128 filters, then fc1 with 1024.
+AuxChannels = namedtuple("AuxChannels", ["conv", "fc1"])
+AUX_CHANNELS = AuxChannels(128, 1024)
 
 
 def scale_channels(channels: int, width: float) -> int:
@@ -154,74 +179,111 @@ class GoogLeNet(nn.Module):
         stem_stride: 1 or 2, cifar config only: the stride of ``conv1``. With 2
             the Inception stages run at 16, 8 and 4 pixels and the aux heads
             pool to 2 x 2 (so their ``fc1`` takes 128 * 4 inputs).
+        init: "he", "xavier" or "gaussian": how the conv and linear layers
+            start (below).
 
     ``forward(x)`` in training mode returns ``GoogLeNetOutputs(logits, aux1,
     aux2)``; in evaluation mode the logits Tensor alone, and the aux heads
     do not run.
 
-    Initialisation: He-normal conv and linear weights (N(0, 2/fan_in), as
-    every layer but the classifiers feeds a ReLU), zero biases; the two
-    classifiers' final layers (``fc``, ``aux*.fc2``) feed softmax, so they use
-    N(0, 1/fan_in). The paper gives no scheme (DistBelief); this one keeps the
-    activations' scale steady through the 22 layers without batch norm.
+    Initialisation (``init``), for every conv and linear layer. Each is
+    judged by what it does to the variance of the signal through one layer
+    ``y = W x + b``, ``x = relu(y_prev)``, with ``n`` the fan-in
+    (``C_in * KH * KW``, or ``in_features``) and ``Var(w)`` the weights'
+    variance. For ``y_prev`` symmetric around 0, ReLU keeps half of its
+    second moment, so with zero biases ``Var(y) = n Var(w) Var(y_prev) / 2``:
+    each layer multiplies the variance by ``n Var(w) / 2`` (and backward,
+    the gradient's by ``n_out Var(w) / 2``). The deepest path from the input
+    to ``fc`` crosses 22 such layers.
+
+    * ``"he"`` (default): N(0, 2/n) weights, zero biases, so ``n Var(w) / 2 = 1``:
+      the variance neither shrinks nor grows with depth. The classifiers
+      (``fc``, ``aux*.fc2``) feed softmax, not a ReLU: N(0, 1/n). The paper
+      gives no scheme (DistBelief); He et al. (2015) came a year later.
+    * ``"xavier"``: the BVLC Caffe replication of GoogLeNet (its model readme:
+      "xavier" instead of the original "gaussian"). Caffe's ``XavierFiller``
+      with its default ``variance_norm: FAN_IN``: U(-a, a), a = sqrt(3/n), so
+      ``Var(w) = a^2 / 3 = 1/n`` (LeCun's rule; Glorot and Bengio's averages
+      fan-in and fan-out, see ``nn.init.xavier_uniform_``). Biases as in
+      BVLC's ``train_val.prototxt``: 0.2 for every convolution (stem,
+      Inception branches, aux conv) and for the aux heads' ``fc1``, 0 for
+      the three classifiers. ``n Var(w) / 2 = 1/2``: with zero biases the
+      variance would halve at every layer, 2^-22 (about 2e-7) after 22;
+      the positive biases keep most ReLUs open and feed each layer a
+      constant that does not shrink, which holds the signal up.
+    * ``"gaussian"``: a fixed-std Gaussian, the kind the original 2014 training
+      started from (BVLC's readme calls it "gaussian"), with AlexNet's std:
+      N(0, 0.01^2) weights, zero biases.
+      ``n Var(w) / 2 = n / 20000``: 0.03 for a 3x3 conv over 64 channels
+      (n = 576), 0.01 for a 1x1 conv over 192, 0.001 for the cifar conv1
+      (n = 27): the variance of the signal, and of the gradient, shrinks ten-
+      to a thousandfold at every layer.
+
+    The layers draw He weights as they are built; ``"xavier"`` and
+    ``"gaussian"`` then redraw every conv and linear layer, so one seed gives
+    each scheme its own weights (and, for every scheme, the same trunk with
+    and without the aux heads). Batch norm, when on, starts as the identity.
     """
 
     def __init__(self, num_classes=1000, config="imagenet", aux=True, width=1.0,
-                 batchnorm=False, dropout=0.4, aux_dropout=0.7, stem_stride=1):
+                 batchnorm=False, dropout=0.4, aux_dropout=0.7, stem_stride=1, init="he"):
         super().__init__()
-        _check_arguments(num_classes, config, width, stem_stride)
+        _check_arguments(num_classes, config, width, stem_stride, init)
         self.config, self.num_classes, self.width = config, int(num_classes), float(width)
         self.input_size = INPUT_SIZES[config]
-        self.stem_stride = stem_stride
+        self.stem_stride, self.init = stem_stride, init
 
         def c(*channels):
             scaled = [scale_channels(ch, width) for ch in channels]
             return scaled[0] if len(scaled) == 1 else scaled
 
         bn = batchnorm
+        conv1_channels, conv2_reduce_channels, conv2_channels = c(*STEM_CHANNELS)
         if config == "imagenet":
-            self.conv1 = ConvUnit(3, c(64), 7, stride=2, padding=3, batchnorm=bn)
+            self.conv1 = ConvUnit(3, conv1_channels, 7, stride=2, padding=3, batchnorm=bn)
             self.pool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
             self.norm1 = None if bn else nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
         else:
-            self.conv1 = ConvUnit(3, c(64), 3, stride=stem_stride, padding=1, batchnorm=bn)
-        self.conv2_reduce = ConvUnit(c(64), c(64), 1, batchnorm=bn)
-        self.conv2 = ConvUnit(c(64), c(192), 3, padding=1, batchnorm=bn)
+            self.conv1 = ConvUnit(3, conv1_channels, 3, stride=stem_stride, padding=1,
+                                  batchnorm=bn)
+        self.conv2_reduce = ConvUnit(conv1_channels, conv2_reduce_channels, 1, batchnorm=bn)
+        self.conv2 = ConvUnit(conv2_reduce_channels, conv2_channels, 3, padding=1, batchnorm=bn)
         if config == "imagenet":
             self.norm2 = None if bn else nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
             self.pool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
 
-        #                               ch1x1, 3x3red, 3x3, 5x5red, 5x5, pool_proj
-        self.inception3a = Inception(c(192), *c(64, 96, 128, 16, 32, 32), batchnorm=bn)
-        self.inception3b = Inception(self.inception3a.out_channels,
-                                     *c(128, 128, 192, 32, 96, 64), batchnorm=bn)
+        def inception(name, in_channels):
+            return Inception(in_channels, *c(*INCEPTION_CHANNELS[name]), batchnorm=bn)
+
+        self.inception3a = inception("inception3a", conv2_channels)
+        self.inception3b = inception("inception3b", self.inception3a.out_channels)
         self.pool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.inception4a = Inception(self.inception3b.out_channels,
-                                     *c(192, 96, 208, 16, 48, 64), batchnorm=bn)
-        self.inception4b = Inception(self.inception4a.out_channels,
-                                     *c(160, 112, 224, 24, 64, 64), batchnorm=bn)
-        self.inception4c = Inception(self.inception4b.out_channels,
-                                     *c(128, 128, 256, 24, 64, 64), batchnorm=bn)
-        self.inception4d = Inception(self.inception4c.out_channels,
-                                     *c(112, 144, 288, 32, 64, 64), batchnorm=bn)
-        self.inception4e = Inception(self.inception4d.out_channels,
-                                     *c(256, 160, 320, 32, 128, 128), batchnorm=bn)
+        self.inception4a = inception("inception4a", self.inception3b.out_channels)
+        self.inception4b = inception("inception4b", self.inception4a.out_channels)
+        self.inception4c = inception("inception4c", self.inception4b.out_channels)
+        self.inception4d = inception("inception4d", self.inception4c.out_channels)
+        self.inception4e = inception("inception4e", self.inception4d.out_channels)
         self.pool4 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.inception5a = Inception(self.inception4e.out_channels,
-                                     *c(256, 160, 320, 32, 128, 128), batchnorm=bn)
-        self.inception5b = Inception(self.inception5a.out_channels,
-                                     *c(384, 192, 384, 48, 128, 128), batchnorm=bn)
+        self.inception5a = inception("inception5a", self.inception4e.out_channels)
+        self.inception5b = inception("inception5b", self.inception5a.out_channels)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.inception5b.out_channels, num_classes)
         self.fc.reset_parameters(nonlinearity="linear")    # feeds softmax, not a ReLU
+        # The layers drew He weights as they were built; another scheme redraws them, the
+        # trunk before the heads exist, so that aux=True and aux=False share a trunk.
+        if init != "he":
+            _redraw(self, init, classifiers=[self.fc])
 
         if aux:
             pooled = 2 if stem_stride == 2 else 4       # 14 or 16 pixels -> 4; 8 -> 2
-            head = dict(conv_channels=c(128), fc_channels=c(1024), pooled_size=pooled,
-                        dropout=aux_dropout, batchnorm=bn)
+            head = dict(conv_channels=c(AUX_CHANNELS.conv), fc_channels=c(AUX_CHANNELS.fc1),
+                        pooled_size=pooled, dropout=aux_dropout, batchnorm=bn)
             self.aux1 = InceptionAux(self.inception4a.out_channels, num_classes, **head)
             self.aux2 = InceptionAux(self.inception4d.out_channels, num_classes, **head)
+            if init != "he":
+                for head in (self.aux1, self.aux2):
+                    _redraw(head, init, classifiers=[head.fc2])
         else:
             self.aux1 = self.aux2 = None
 
@@ -281,10 +343,36 @@ class GoogLeNet(nn.Module):
         text = f"config={self.config!r}, num_classes={self.num_classes}, width={self.width}"
         if self.stem_stride != 1:
             text += f", stem_stride={self.stem_stride}"
+        if self.init != "he":
+            text += f", init={self.init!r}"
         return text
 
 
-def _check_arguments(num_classes, config, width, stem_stride):
+def _redraw(root, scheme, classifiers):
+    """Redraw every conv and linear layer under ``root`` by "xavier" or "gaussian"."""
+    classifiers = {id(layer) for layer in classifiers}
+    for module in root.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            _initialise_layer(module, scheme, feeds_relu=id(module) not in classifiers)
+
+
+def _initialise_layer(layer, scheme, feeds_relu):
+    """Redraw one conv or linear layer under "xavier" or "gaussian" (GoogLeNet's docstring)."""
+    if scheme == "xavier":
+        fan_in, _ = nn.init.calculate_fan_in_and_fan_out(layer.weight.shape)
+        bound = math.sqrt(3.0 / fan_in)
+        nn.init.uniform_(layer.weight, -bound, bound)
+        bias = XAVIER_BIAS if feeds_relu else 0.0
+    elif scheme == "gaussian":
+        nn.init.normal_(layer.weight, 0.0, GAUSSIAN_STD)
+        bias = 0.0
+    else:
+        raise ValueError(f"GoogLeNet: no redraw for init {scheme!r}")
+    if layer.bias is not None:
+        nn.init.constant_(layer.bias, bias)
+
+
+def _check_arguments(num_classes, config, width, stem_stride, init):
     if config not in INPUT_SIZES:
         raise ValueError(f"GoogLeNet: unknown config {config!r}; expected one of "
                          f"{sorted(INPUT_SIZES)}")
@@ -297,6 +385,9 @@ def _check_arguments(num_classes, config, width, stem_stride):
     if stem_stride != 1 and config != "cifar":
         raise ValueError(f"GoogLeNet: stem_stride={stem_stride} applies to the cifar config "
                          f"only (the imagenet stem is the paper's, conv1 already has stride 2)")
+    if init not in INITS:
+        raise ValueError(f"GoogLeNet: unknown init {init!r}; expected one of "
+                         f"{', '.join(map(repr, INITS))}")
 
 
 def googlenet_loss(outputs, targets, aux_weight=0.3, label_smoothing=0.0) -> GoogLeNetLoss:

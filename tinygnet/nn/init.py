@@ -21,7 +21,7 @@ import numpy as np
 from .. import backend
 
 __all__ = ["calculate_fan_in_and_fan_out", "calculate_gain", "kaiming_normal_",
-           "xavier_uniform_", "normal_", "zeros_", "ones_"]
+           "xavier_uniform_", "normal_", "uniform_", "constant_", "zeros_", "ones_"]
 
 
 def calculate_fan_in_and_fan_out(shape) -> tuple:
@@ -54,6 +54,13 @@ def normal_(tensor, mean: float = 0.0, std: float = 1.0):
     return tensor
 
 
+def uniform_(tensor, a: float = 0.0, b: float = 1.0):
+    """Fill with draws from U(a, b)."""
+    rng = backend.default_generator()
+    _fill(tensor, rng.uniform(a, b, size=tensor.shape).astype(np.float32))
+    return tensor
+
+
 def kaiming_normal_(tensor, nonlinearity: str = "relu"):
     """He et al. (2015): N(0, gain^2 / fan_in); gain sqrt(2) before a ReLU, 1 before nothing."""
     fan_in, _ = calculate_fan_in_and_fan_out(tensor.shape)
@@ -64,9 +71,11 @@ def xavier_uniform_(tensor, gain: float = 1.0):
     """Glorot & Bengio (2010): U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out))."""
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor.shape)
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
-    rng = backend.default_generator()
-    values = rng.uniform(-bound, bound, size=tensor.shape).astype(np.float32)
-    _fill(tensor, values)
+    return uniform_(tensor, -bound, bound)
+
+
+def constant_(tensor, value: float):
+    tensor.data[...] = value
     return tensor
 
 

@@ -19,6 +19,7 @@ heads) read it in ``forward``.
 from __future__ import annotations
 
 from collections import OrderedDict, namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -266,20 +267,23 @@ class Module:
         is an error. Nothing is copied unless every entry checks out.
         Returns ``(missing_keys, unexpected_keys)``.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict into {type(self).__name__}: expected a dict of "
+                            f"name -> array (what state_dict() returns), got "
+                            f"{type(state_dict).__name__}")
         own = OrderedDict(self._state_items())
         missing = [name for name in own if name not in state_dict]
         unexpected = [name for name in state_dict if name not in own]
         problems = []
         if strict and missing:
-            problems.append(f"missing keys: {', '.join(missing)}")
+            problems.append(f"missing keys: {_first_few(missing)}")
         if strict and unexpected:
-            problems.append(f"unexpected keys: {', '.join(unexpected)}")
-        for name, t in own.items():
-            if name in state_dict:
-                shape = tuple(_array_of(state_dict[name]).shape)
-                if shape != t.shape:
-                    problems.append(f"wrong shape for {name}: the state dict has {shape}, "
-                                    f"the module has {t.shape}")
+            problems.append(f"unexpected keys: {_first_few(unexpected)}")
+        wrong = [f"{name}: the state dict has {tuple(_array_of(state_dict[name]).shape)}, "
+                 f"the module has {t.shape}" for name, t in own.items()
+                 if name in state_dict and tuple(_array_of(state_dict[name]).shape) != t.shape]
+        if wrong:
+            problems.append(f"wrong shape for {_first_few(wrong)}")
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
         for name, t in own.items():
@@ -304,6 +308,12 @@ class Module:
         if len(lines) == 1 and not self._modules:
             return f"{type(self).__name__}({lines[0]})"
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _first_few(items, shown=3) -> str:
+    """The first ``shown`` items and how many more: error messages stay one readable line."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more
 
 
 def _array_of(value):

@@ -91,6 +91,9 @@ class EMA:
         """Restore; each average goes to its parameter's device and dtype."""
         if self._swapped:
             raise RuntimeError("EMA.load_state_dict: swap the averaged weights back first")
+        if not isinstance(state, dict):
+            raise TypeError(f"EMA.load_state_dict: expected a dict (what state_dict() returns), "
+                            f"got {type(state).__name__}")
         self.decay, self.num_updates = float(state["decay"]), int(state["num_updates"])
         self.shadow = self._restore(state["shadow"], self.params, "shadow")
         self.shadow_buffers = self._restore(state["shadow_buffers"], self.buffers, "shadow_buffers")

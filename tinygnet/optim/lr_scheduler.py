@@ -54,11 +54,18 @@ class LRScheduler:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the position and settings, and set the optimiser's lrs to match."""
+        _check_state(self, state)
         self.__dict__.update(copy.deepcopy(state))
         self._apply()
 
     def __repr__(self):
         return f"{type(self).__name__}(last_step={self.last_step}, lr={self._last_lr})"
+
+
+def _check_state(scheduler, state) -> None:
+    if not isinstance(state, dict):
+        raise TypeError(f"{type(scheduler).__name__}.load_state_dict: expected a dict (what "
+                        f"state_dict() returns), got {type(state).__name__}")
 
 
 class StepLR(LRScheduler):
@@ -135,6 +142,7 @@ class LinearWarmup(LRScheduler):
         return state
 
     def load_state_dict(self, state):
+        _check_state(self, state)
         state = dict(state)
         self.after.load_state_dict(state.pop("after"))
         super().load_state_dict(state)

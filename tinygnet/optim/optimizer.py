@@ -106,6 +106,10 @@ class Optimizer:
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore hyperparameters and state; arrays go to each parameter's device and dtype."""
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict with 'state' "
+                            f"and 'param_groups' (what state_dict() returns), got "
+                            f"{type(state_dict).__name__}")
         saved_groups = state_dict["param_groups"]
         sizes = [len(g["params"]) for g in self.param_groups]
         saved_sizes = [len(g["params"]) for g in saved_groups]

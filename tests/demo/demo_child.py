@@ -1,0 +1,94 @@
+"""The CIFAR demo run in child processes, with a fault injected at a chosen moment (not a time).
+
+Used by the demo tests; CIFAR-10 there is a tiny fake with PER_BATCH images per batch.
+
+    python demo_child.py kill-each PER_BATCH I,J,... OUTROOT -- ARGV...
+        For each i listed, fork a child that runs the demo with ARGV --out OUTROOT/i and
+        kills itself with SIGKILL at the i-th step of a file write, counted from 0
+        (tinygnet.checkpoint's write hook: before the temporary file, after it is written,
+        after the rename). Prints one line per child: "i killed" or "i exited STATUS" (the
+        run ended before its i-th write step).
+
+    python demo_child.py signal-at-step PER_BATCH STEP SIGNAL[xN] -- ARGV...
+        Run the demo and send this process SIGNAL (e.g. SIGTERM; SIGTERMx2: twice in a row)
+        after its STEP-th optimiser step; exits with the demo's exit status.
+
+Plots are drawn by ``fake_plots``: matplotlib takes half a second a figure, and what these
+tests check is where the writes fall, not the pictures. Forking saves every child the imports
+(a second each); the parent computes nothing, so no worker thread exists to be lost in a fork.
+"""
+import os
+import signal
+import sys
+
+import matplotlib.figure  # noqa: F401  (imported once here, inherited by every child)
+
+import tinygnet.checkpoint
+import tinygnet.data.cifar
+import tinygnet.optim
+from tinygnet.demo import cifar, run
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_plots(trainer, confusion):
+    """Stands in for ``Trainer.write_plots``: the same two atomic writes, in the same order,
+    of a small file that says which epoch it shows."""
+    for name in run.PLOTS:
+        content = PNG + b"epoch %d" % trainer.epoch
+        tinygnet.checkpoint.atomic_write(os.path.join(trainer.config.out, name),
+                                         lambda f: f.write(content))
+
+
+def kill_each(points, outroot, argv):
+    for i in points:
+        pid = os.fork()
+        if pid == 0:                                  # the child: run until the i-th write step
+            reached = iter(range(i + 1))
+
+            def hook(event, path):
+                if next(reached) == i:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            tinygnet.checkpoint._write_hook = hook
+            with open(os.devnull, "w") as quiet:
+                sys.stdout = sys.stderr = quiet
+                status = cifar.main(argv + ["--out", os.path.join(outroot, str(i))])
+            os._exit(100 + status)                    # never reached the i-th write step
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            print(i, "killed", flush=True)
+        else:
+            print(i, "exited", os.waitstatus_to_exitcode(status), flush=True)
+    return 0
+
+
+def signal_at_step(step, signum, times, argv):
+    real_step, count = tinygnet.optim.Optimizer.step, [0]
+
+    def step_then_signal(self):
+        real_step(self)
+        count[0] += 1
+        if count[0] == step:
+            for _ in range(times):
+                os.kill(os.getpid(), signum)
+
+    tinygnet.optim.Optimizer.step = step_then_signal
+    return cifar.main(argv)
+
+
+def main():
+    mode, per_batch, first, second, separator, *argv = sys.argv[1:]
+    assert separator == "--", "usage: see the docstring"
+    tinygnet.data.cifar.IMAGES_PER_BATCH = int(per_batch)     # the fake data's batch size
+    run.Trainer.write_plots = fake_plots
+    if mode == "kill-each":
+        return kill_each([int(i) for i in first.split(",")], second, argv)
+    if mode == "signal-at-step":
+        name, _, times = second.partition("x")
+        return signal_at_step(int(first), signal.Signals[name], int(times or 1), argv)
+    raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

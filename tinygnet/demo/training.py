@@ -1,0 +1,125 @@
+"""How GoogLeNet trains: one epoch of steps, and the test with the aux heads dropped.
+
+One training step is the paper's recipe in five lines::
+
+    outputs = model(x)                                  # logits, aux1, aux2: N x 10 each
+    losses = googlenet_loss(outputs, labels, aux_weight)
+    #   total = CE(logits) + aux_weight * (CE(aux1) + CE(aux2))
+    optimizer.zero_grad()
+    losses.total.backward()                             # one pass back through all three heads
+    optimizer.step()
+
+``train_epoch`` runs those steps over the training set and hands control
+back after each one; ``evaluate`` tests the main head in eval mode, where
+GoogLeNet returns the main logits only (the aux heads exist to train). The
+rest of a run (command line, configuration, checkpoints, Ctrl-C, progress
+bar, plots) lives in ``cifar.py``; this module is the loop itself.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ..models import googlenet_loss
+from ..tensor import Tensor, no_grad
+
+__all__ = ["train_epoch", "evaluate", "RunningMetrics"]
+
+
+def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight=0.3,
+                label_smoothing=0.0, ema=None):
+    """Train on the rest of the current epoch of ``loader``; yield each step's losses.
+
+    A generator: after every step it yields the step's ``GoogLeNetLoss``
+    (``total, main, aux1, aux2``, scalar Tensors on ``device``), so the
+    caller can show progress, check the loss and stop between two steps,
+    when the model, optimiser and loader agree and a checkpoint resumes
+    exactly. ``scheduler`` is stepped every step; ``ema`` (an ``EMA`` or
+    None) is updated after it; ``metrics`` (a ``RunningMetrics``) adds the
+    step's losses and correct predictions without reading them back.
+    """
+    model.train()                      # dropout on, batch norm on batch statistics, aux heads on
+    for images, labels in loader:      # a loader resumed mid-epoch starts at the next batch
+        x = Tensor(backend.to_device(images, device))     # N x 3 x 32 x 32, normalised, augmented
+        outputs = model(x)             # logits, aux1, aux2: N x 10 each (aux None without heads)
+        # Host labels: cross_entropy checks their range on the host, with no GPU sync.
+        losses = googlenet_loss(outputs, labels, aux_weight=aux_weight,
+                                label_smoothing=label_smoothing)
+        optimizer.zero_grad()          # forget the last step's gradients (p.grad = None)
+        losses.total.backward()        # gradients of the combined loss, all three heads at once
+        optimizer.step()               # update every parameter in place
+        scheduler.step()               # the learning rate of the next step
+        if ema is not None:
+            ema.update()               # move the averaged weights towards the new ones
+        metrics.add(losses, outputs.logits, backend.to_device(labels, device))
+        yield losses
+
+
+def evaluate(model, loader, device, num_classes):
+    """Test the main head in eval mode: (accuracy, confusion matrix) over ``loader``.
+
+    Eval mode turns dropout off, makes batch norm use its running
+    statistics, and drops the aux heads: the model returns the main logits
+    only. ``confusion[i, j]`` counts test images of class ``i`` predicted as
+    ``j`` (a ``num_classes x num_classes`` int64 NumPy array).
+    """
+    model.eval()
+    predictions = []
+    with no_grad():                    # no graph: nothing is kept for a backward pass
+        for images, _ in loader:
+            logits = model(Tensor(backend.to_device(images, device)))    # N x num_classes
+            predictions.append(logits.data.argmax(axis=1))               # N, on the device
+    model.train()
+    xp = backend.get_array_module(predictions[0])
+    predicted = backend.to_numpy(xp.concatenate(predictions))                   # all test images
+    k = num_classes
+    confusion = np.bincount(loader.labels * k + predicted, minlength=k * k).reshape(k, k)
+    return float(np.trace(confusion) / max(confusion.sum(), 1)), confusion
+
+
+class RunningMetrics:
+    """Sums of the loss parts and correct predictions over an epoch, kept on the device.
+
+    ``add`` only queues device work; ``means()`` reads the sums back (a host
+    sync on a GPU), so a training loop calls it only every few steps.
+    """
+
+    PARTS = ("loss", "loss_main", "loss_aux1", "loss_aux2")
+
+    def __init__(self, xp):
+        self.xp = xp
+        self.sums = xp.zeros(len(self.PARTS), dtype=xp.float64)   # loss parts x images
+        self.correct = xp.zeros((), dtype=xp.int64)
+        self.images = 0
+        self.present = [True, True, False, False]   # aux parts: once the heads report
+
+    def add(self, losses, logits, labels):
+        """One step: ``losses`` a GoogLeNetLoss, ``logits`` N x classes, ``labels`` N (device)."""
+        n = len(labels)
+        for i, part in enumerate(losses):           # total, main, aux1, aux2
+            if part is not None:
+                self.sums[i] += part.data * n
+                self.present[i] = True
+        self.correct += (logits.data.argmax(axis=1) == labels).sum()
+        self.images += n
+
+    def means(self) -> dict:
+        """Mean of each loss part per image (NaN for an absent aux head) and the accuracy."""
+        sums = backend.to_numpy(self.sums)
+        n = max(self.images, 1)
+        values = {name: (float(s) / n if present else math.nan)
+                  for name, s, present in zip(self.PARTS, sums, self.present)}
+        values["train_acc"] = int(backend.to_numpy(self.correct)) / n
+        return values
+
+    def state_dict(self) -> dict:
+        return {"sums": backend.to_numpy(self.sums).copy(),
+                "correct": int(backend.to_numpy(self.correct)), "images": self.images,
+                "present": list(self.present)}
+
+    def load_state_dict(self, state):
+        self.sums = self.xp.asarray(state["sums"])
+        self.correct = self.xp.asarray(state["correct"], dtype=self.xp.int64)
+        self.images, self.present = int(state["images"]), list(state["present"])
