@@ -29,7 +29,7 @@ MAY_IMPORT = {
     "optim": {"backend", "tensor", "nn"},
     "models": {"backend", "tensor", "functional", "nn"},
     "summary": {"backend", "tensor", "nn"},
-    "diagnostics": {"backend", "tensor", "nn", "models"},
+    "diagnostics": {"backend", "tensor"},
     "demo": {"*"},            # the top: the demos may use everything
     "__init__": {"*"},        # ``import tinygnet`` puts the pieces together
 }
