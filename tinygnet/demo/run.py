@@ -114,7 +114,8 @@ class Trainer:
         # Order matters for reproducibility: the seed, then the train loader
         # (which draws its own seed from the host stream), then the weights.
         backend.manual_seed(config.seed)
-        self.train_loader = DataLoader(train, config.batch_size, shuffle=True, augment=True)
+        self.train_loader = DataLoader(train, config.batch_size, shuffle=True, augment=True,
+                                       padding=config.crop_padding)
         self.test_loader = DataLoader(test, config.eval_batch_size, shuffle=False, augment=False,
                                       seed=0)
         self.model = GoogLeNet(num_classes=len(self.classes), config="cifar", aux=config.aux,
@@ -266,11 +267,12 @@ class Trainer:
         return text + f" acc {100 * m['train_acc']:.1f}%"
 
     def evaluate(self):
-        """Test accuracy of the main head in eval mode (EMA weights if on) and the confusion matrix."""
+        """Test accuracy of the main head in eval mode (EMA weights if on, each image averaged
+        with its mirror if --tta) and the confusion matrix."""
         averaged = self.ema.averaged() if self.ema is not None else nullcontext()
         with averaged:
             return training.evaluate(self.model, self.test_loader, self.config.device,
-                                     num_classes=len(self.classes))
+                                     num_classes=len(self.classes), mirror=self.config.tta)
 
     def end_epoch(self, test_acc, confusion, test_seconds) -> None:
         """Record the epoch and print its line; write checkpoint.npz, then best.npz (if the test
@@ -301,7 +303,8 @@ class Trainer:
                 f"loss {row['loss']:.4f} (main {row['loss_main']:.4f}")
         if self.config.aux:
             text += f", aux1 {row['loss_aux1']:.4f}, aux2 {row['loss_aux2']:.4f}"
-        return (text + f")  train {100 * row['train_acc']:5.2f}%  test {100 * row['test_acc']:5.2f}%"
+        test = "test+mirror" if self.config.tta else "test"
+        return (text + f")  train {100 * row['train_acc']:5.2f}%  {test} {100 * row['test_acc']:5.2f}%"
                 f" (best {100 * best:5.2f}%)  lr {row['lr']:.4g}  {row['train_seconds']:.1f} s"
                 f" + {row['test_seconds']:.1f} s test ({row['images_per_second']:.0f} img/s)")
 
@@ -323,7 +326,8 @@ class Trainer:
 
     def write_plots(self, confusion) -> None:
         from .plots import plot_curves, plot_per_class
-        plot_curves(self.history, os.path.join(self.config.out, "curves.png"))
+        plot_curves(self.history, os.path.join(self.config.out, "curves.png"),
+                    mirrored_test=self.config.tta)
         plot_per_class(confusion, self.classes, os.path.join(self.config.out, "per_class.png"))
 
     def repair_outputs(self, resumed_from) -> list:

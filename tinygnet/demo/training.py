@@ -11,7 +11,8 @@ One training step is the paper's recipe in five lines::
 
 ``train_epoch`` runs those steps over the training set and hands control
 back after each one; ``evaluate`` tests the main head in eval mode, where
-GoogLeNet returns the main logits only (the aux heads exist to train). The
+GoogLeNet returns the main logits only (the aux heads exist to train),
+optionally averaging each test image's logits with its mirror's. The
 rest of a run (command line, configuration, checkpoints, Ctrl-C, progress
 bar, plots) lives in ``cifar.py``; this module is the loop itself.
 """
@@ -57,20 +58,28 @@ def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight
         yield losses
 
 
-def evaluate(model, loader, device, num_classes):
+def evaluate(model, loader, device, num_classes, mirror=False):
     """Test the main head in eval mode: (accuracy, confusion matrix) over ``loader``.
 
     Eval mode turns dropout off, makes batch norm use its running
     statistics, and drops the aux heads: the model returns the main logits
-    only. ``confusion[i, j]`` counts test images of class ``i`` predicted as
-    ``j`` (a ``num_classes x num_classes`` int64 NumPy array).
+    only. ``mirror=True`` is test-time augmentation: each image's logits are
+    averaged with those of its horizontal mirror (the training images were
+    flipped at random, so the network knows both), which costs a second
+    forward pass. ``confusion[i, j]`` counts test images of class ``i``
+    predicted as ``j`` (a ``num_classes x num_classes`` int64 NumPy array).
     """
     model.eval()
     predictions = []
     with no_grad():                    # no graph: nothing is kept for a backward pass
         for images, _ in loader:
-            logits = model(Tensor(backend.to_device(images, device)))    # N x num_classes
-            predictions.append(logits.data.argmax(axis=1))               # N, on the device
+            x = backend.to_device(images, device)                       # N x 3 x 32 x 32
+            logits = model(Tensor(x)).data                              # N x num_classes
+            if mirror:
+                xp = backend.get_array_module(x)
+                mirrored = xp.ascontiguousarray(x[..., ::-1])           # left-right flipped
+                logits = (logits + model(Tensor(mirrored)).data) / 2
+            predictions.append(logits.argmax(axis=1))                   # N, on the device
     model.train()
     xp = backend.get_array_module(predictions[0])
     predicted = backend.to_numpy(xp.concatenate(predictions))                   # all test images
