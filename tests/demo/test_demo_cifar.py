@@ -42,12 +42,18 @@ def tiny_config(out, **changes) -> Config:
     return Config(**values)
 
 
-def tiny_data(seed=0):
+def tiny_data(seed=0, learnable=False):
+    """(train, test): 40 and 24 random images; ``learnable``: their red and green levels give
+    their class away (plus noise), so that a few steps teach the network something."""
     rng = np.random.default_rng(seed)
 
     def split(n):
-        return ArrayDataset(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8),
-                            rng.integers(0, 10, n).astype(np.int64), CLASSES)
+        images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.int64)
+        if learnable:
+            levels = np.stack([25 * labels, 250 - 25 * labels], axis=1)[:, :, None, None]
+            images[:, :2] = (levels + rng.integers(0, 30, (n, 2, 32, 32))).clip(0, 255)
+        return ArrayDataset(images, labels, CLASSES)
     return split(40), split(24)      # 3 steps an epoch, the last one of 8 images
 
 
@@ -79,9 +85,10 @@ def test_interrupt_and_resume_gives_identical_weights(tmp_path, stop_at_step):
             signal.raise_signal(signal.SIGINT)     # the real Ctrl-C path
 
     first.optimizer.step = step_then_ctrl_c
+    handler_before = signal.getsignal(signal.SIGINT)
     result = first.fit()
     assert result["interrupted"] and len(steps) == stop_at_step
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before              # handler restored
 
     backend.manual_seed(999)                       # scramble the global stream
     state = load_checkpoint(result["checkpoint"])
@@ -110,6 +117,108 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path):
         runs.append(trainer.model.state_dict()["fc.weight"])
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
+
+
+# --------------------------------------------------------------------------
+# How the test is taken: the mirror (--tta), the EMA weights; the crops
+# --------------------------------------------------------------------------
+def _model_predictions(model, images):
+    """Eval-mode logits of the main head, computed here without training.evaluate."""
+    from tinygnet.tensor import Tensor, no_grad
+    model.eval()
+    with no_grad():
+        logits = model(Tensor(images)).data
+    model.train()
+    return logits
+
+
+def test_mirrored_test_averages_each_image_with_its_mirror(tmp_path):
+    from tinygnet.demo import training
+    trainer = quiet_trainer(tiny_config(tmp_path, ema=0.0), tiny_data())
+    trainer.fit()
+    images = np.concatenate([x for x, _ in trainer.test_loader])      # normalised, N x 3 x 32 x 32
+    labels = trainer.test_loader.labels
+    plain = _model_predictions(trainer.model, images)
+    mirror = _model_predictions(trainer.model, np.ascontiguousarray(images[..., ::-1]))
+    for tta, logits in [(False, plain), (True, (plain + mirror) / 2)]:
+        accuracy, confusion = training.evaluate(trainer.model, trainer.test_loader, "cpu", 10,
+                                                mirror=tta)
+        expected = np.bincount(labels * 10 + logits.argmax(1), minlength=100).reshape(10, 10)
+        np.testing.assert_array_equal(confusion, expected)
+        assert accuracy == np.trace(expected) / len(labels)
+    # The mirror changes some predictions here, so the check above can tell.
+    assert (plain.argmax(1) != ((plain + mirror) / 2).argmax(1)).any()
+
+
+def test_tta_changes_only_the_test(tmp_path):
+    data = tiny_data(learnable=True)
+    runs = {}
+    for tta in (False, True):             # one after the other: each seeds the global stream
+        runs[tta] = quiet_trainer(tiny_config(tmp_path / str(tta), tta=tta, ema=0.0), data)
+        runs[tta].fit()
+    weights = [trainer.model.state_dict() for trainer in runs.values()]
+    for name in weights[0]:
+        np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)
+    train_columns = [[{k: v for k, v in row.items() if k.startswith(("loss", "train_acc", "lr"))}
+                      for row in trainer.history] for trainer in runs.values()]
+    assert train_columns[0] == train_columns[1]
+    from tinygnet.demo import training
+    for tta, trainer in runs.items():     # the same weights, tested two ways
+        expected = training.evaluate(runs[False].model, trainer.test_loader, "cpu", 10,
+                                     mirror=tta)
+        assert (trainer.history[-1]["test_acc"], trainer.confusion.tolist()) == \
+            (expected[0], expected[1].tolist())
+    assert not np.array_equal(runs[False].confusion, runs[True].confusion)
+
+
+def test_the_test_uses_the_ema_weights_and_training_goes_on_with_the_live_ones(tmp_path):
+    from tinygnet.demo import training
+    trainer = quiet_trainer(tiny_config(tmp_path, ema=0.5, tta=False),
+                            tiny_data(learnable=True))
+    trainer.fit()
+    live = {name: value.copy() for name, value in trainer.model.state_dict().items()}
+    accuracy, confusion = trainer.evaluate()
+    for name, value in trainer.model.state_dict().items():       # swapped back afterwards
+        np.testing.assert_array_equal(value, live[name], err_msg=name)
+
+    images = np.concatenate([x for x, _ in trainer.test_loader])
+    labels = trainer.test_loader.labels
+    for p, shadow in zip(trainer.ema.params, trainer.ema.shadow):
+        assert not np.array_equal(p.data, shadow)
+        p.data[...] = shadow                                       # the averaged weights, by hand
+    for b, shadow in zip(trainer.ema.buffers, trainer.ema.shadow_buffers):
+        b.data[...] = shadow
+    averaged = _model_predictions(trainer.model, images).argmax(1)
+    expected = np.bincount(labels * 10 + averaged, minlength=100).reshape(10, 10)
+    np.testing.assert_array_equal(confusion, expected)
+    trainer.model.load_state_dict(live)
+    live_confusion = training.evaluate(trainer.model, trainer.test_loader, "cpu", 10)[1]
+    assert not np.array_equal(live_confusion, expected)           # so the check above can tell
+
+
+@pytest.mark.parametrize("padding", [0, 2, 4])
+def test_crop_padding_bounds_the_shifts_of_the_training_crops(tmp_path, padding):
+    config = cifar.resolve_config(parse("--device", "cpu", "--crop-padding", str(padding)))
+    assert config.crop_padding == padding
+    trainer = quiet_trainer(tiny_config(tmp_path, crop_padding=padding), tiny_data())
+    assert trainer.train_loader.padding == padding
+    loader = trainer.train_loader
+    # Images of one bright pixel in the middle: its shift in a crop is the crop's offset.
+    dot = np.zeros((64, 3, 32, 32), dtype=np.uint8)
+    dot[..., 16, 16] = 255
+    loader.images, loader.labels = dot, np.zeros(64, np.int64)
+    shifts = set()
+    for images, _ in loader:
+        rows, cols = np.nonzero(images[:, 0] == images[:, 0].max(axis=(1, 2), keepdims=True))[1:]
+        shifts |= set(np.abs(rows - 16)) | set(np.minimum(np.abs(cols - 16), np.abs(cols - 15)))
+    assert max(shifts) == padding
+
+
+def test_runs_saved_before_tta_and_crop_padding_resume_as_they_ran(tmp_path):
+    saved = dataclasses.asdict(tiny_config(tmp_path))
+    del saved["tta"], saved["crop_padding"]
+    config = cifar.config_for_resume(parse("--device", "cpu"), saved, str(tmp_path / "c.npz"))
+    assert (config.tta, config.crop_padding) == (False, 4)
 
 
 # --------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from .common import (TrainingDiverged, UsageError, check_out_folder, claim_out_f
                      non_negative_int, number, positive_float, positive_int, probability,
                      resolve_device, sigterm_interrupts, write_text)
 from .run import CHECKPOINT_KIND, OUTPUTS, Trainer
+from .training import TTA_VIEWS
 
 PROG = "python -m tinygnet.demo cifar"
 
@@ -82,13 +83,15 @@ CPU_DEFAULTS = dict(
     width=0.125, stem_stride=2, batchnorm=True, epochs=9, batch_size=128,
     optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4,
     schedule="onecycle", label_smoothing=0.1, aux_weight=0.3,
-    dropout=0.0, aux_dropout=0.7, crop_padding=2, tta=True, ema=0.0, log_every=1,
+    dropout=0.0, aux_dropout=0.7, crop_padding=2, tta="mirror", final_tta="shifts", ema=0.0,
+    log_every=1,
 )
 GPU_DEFAULTS = dict(
     width=1.0, stem_stride=1, batchnorm=True, epochs=30, batch_size=128,
     optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
     schedule="onecycle", label_smoothing=0.1, aux_weight=0.3,
-    dropout=0.4, aux_dropout=0.7, crop_padding=4, tta=True, ema=0.0, log_every=25,
+    dropout=0.4, aux_dropout=0.7, crop_padding=4, tta="mirror", final_tta="shifts", ema=0.0,
+    log_every=25,
 )
 # --quick: a few hundred images, one short epoch of a small network.
 QUICK_OVERRIDES = dict(epochs=1, width=0.125, stem_stride=2, batch_size=64,
@@ -135,7 +138,8 @@ class Config:
     # Fields added later, with the value that runs saved before them used:
     init: str = "he"        # how the weights start
     crop_padding: int = 4   # random crops of the image zero-padded by this many pixels
-    tta: bool = False       # test each image averaged with its mirror
+    tta: str = "none"       # the views of each test image averaged (TTA_VIEWS)
+    final_tta: str = "none"  # ... when the final weights are tested once more
 
 
 # Settings that may differ when resuming (where things live, not what is computed).
@@ -213,9 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training augmentation: random 32 x 32 crops of each image "
                             "zero-padded by this many pixels (0: no shifts), and random "
                             "mirroring" + _defaults("crop_padding"))
-    model.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                       help="test-time augmentation: test each image by the mean of its logits "
-                            "and its mirror's (two forward passes)" + _defaults("tta"))
+    testing = parser.add_argument_group("testing")
+    testing.add_argument("--tta", choices=tuple(TTA_VIEWS),
+                       help="test-time augmentation of the test after each epoch: each test "
+                            "image is classified by the mean logits of several views of it: "
+                            "none (the image), mirror (the image and its left-right mirror, 2 "
+                            "forward passes), shifts (those, and both moved one pixel each way, "
+                            "6 passes)" + _defaults("tta"))
+    testing.add_argument("--final-tta", choices=tuple(TTA_VIEWS),
+                       help="after the last epoch, test the final weights once more on these "
+                            "views (nothing more if they are --tta's)" + _defaults("final_tta"))
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--optimizer", choices=OPTIMIZERS, help="update rule" + _defaults("optimizer"))
@@ -411,9 +422,10 @@ def _run(argv) -> int:
           f"stem stride {config.stem_stride}, batch norm {'on' if config.batchnorm else 'off'}, "
           f"{config.init} init, aux heads {'on' if config.aux else 'off'}, {params:,} parameters; "
           f"{len(train)} training and {len(test)} test images; {_plural(config.epochs, 'epoch')} of "
-          f"{_plural(len(trainer.train_loader), 'step')}; testing the main head"
-          + (", each image averaged with its mirror (--no-tta: the image alone)" if config.tta
-             else ""))
+          f"{_plural(len(trainer.train_loader), 'step')}; testing the main head on "
+          f"{VIEW_NAMES[config.tta]}"
+          + (f", the final weights also on {VIEW_NAMES[config.final_tta]}"
+             if config.final_tta != config.tta else ""))
     checkpoint = os.path.join(config.out, "checkpoint.npz")
     try:
         config.out = claim_out_folder(config.out, OUTPUTS, given=given_out, replace=args.overwrite)
@@ -429,7 +441,8 @@ def _run(argv) -> int:
             print(f"resuming from {args.resume}: the run is already finished "
                   f"({trainer.epoch} of {_plural(config.epochs, 'epoch')}), nothing to train; "
                   f"to train longer, start a new run with a larger --epochs")
-            _print_summary(trainer.summary(interrupted=False), trainer.classes, config)
+            _print_summary(trainer.summary(interrupted=False), trainer.classes, config,
+                           _final_test(trainer))
             return 0
         if state is not None:
             print(f"resuming from {args.resume}: epoch {trainer.epoch + 1} of {config.epochs}, "
@@ -456,7 +469,7 @@ def _run(argv) -> int:
         print(f"stopped; checkpoint saved. Resume with:\n"
               f"  {PROG} --resume {shlex.quote(result['checkpoint'])}")
         return 128 + result["stopped_by"]
-    _print_summary(result, trainer.classes, config)
+    _print_summary(result, trainer.classes, config, _final_test(trainer))
     return 0
 
 
@@ -505,12 +518,30 @@ def _device_name(device: str) -> str:
     return f"{device} ({name.decode() if isinstance(name, bytes) else name})"
 
 
-def _print_summary(result, classes, config) -> None:
+VIEW_NAMES = {"none": "the image alone", "mirror": "each image and its mirror",
+              "shifts": "6 views of each image (it and its mirror, also shifted one pixel each way)"}
+
+
+def _final_test(trainer) -> tuple | None:
+    """(accuracy, seconds) of the final weights on --final-tta's views; None when those
+    are --tta's."""
+    if trainer.config.final_tta == trainer.config.tta:
+        return None
+    print(f"testing the final weights on {VIEW_NAMES[trainer.config.final_tta]}...", flush=True)
+    started = time.perf_counter()
+    accuracy = trainer.evaluate(views=trainer.config.final_tta)[0]
+    return accuracy, time.perf_counter() - started
+
+
+def _print_summary(result, classes, config, final_views_acc=None) -> None:
     minutes, seconds = divmod(result["seconds"], 60)
-    how = " (each test image averaged with its mirror)" if config.tta else ""
     print(f"\nfinal test accuracy {100 * result['final_test_acc']:.2f}%, best "
-          f"{100 * result['best_test_acc']:.2f}% (epoch {result['best_epoch']}){how}, "
-          f"{int(minutes)} min {seconds:.0f} s")
+          f"{100 * result['best_test_acc']:.2f}% (epoch {result['best_epoch']}), on "
+          f"{VIEW_NAMES[config.tta]}; {int(minutes)} min {seconds:.0f} s")
+    if final_views_acc is not None:
+        accuracy, seconds = final_views_acc
+        print(f"final weights on {VIEW_NAMES[config.final_tta]}: test accuracy "
+              f"{100 * accuracy:.2f}% ({seconds:.0f} s)")
     confusion = result["confusion"]
     if confusion is not None:
         print("\nper-class test accuracy (final epoch):")

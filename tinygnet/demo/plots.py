@@ -24,13 +24,13 @@ def save_figure(figure, path) -> None:
     atomic_write(path, lambda f: figure.savefig(f, format="png"))
 
 
-def plot_curves(history: list[dict], path, mirrored_test=False) -> None:
+def plot_curves(history: list[dict], path, tta="none") -> None:
     """Loss parts and accuracies against epoch, from the rows of ``metrics.csv``.
 
     ``history`` holds one dict per epoch with keys ``epoch``, ``loss``,
     ``loss_main``, ``loss_aux1``, ``loss_aux2`` (aux ones may be NaN when the
     aux heads are off), ``train_acc`` and ``test_acc`` (fractions in [0, 1]);
-    ``mirrored_test``: the test averaged each image with its mirror (--tta).
+    ``tta``: the views each test image was averaged over (--tta).
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -49,7 +49,8 @@ def plot_curves(history: list[dict], path, mirrored_test=False) -> None:
 
     for key, label in [("train_acc", "train (augmented, train mode)"),
                        ("test_acc", "test (main head, eval mode"
-                                    + (", image + mirror)" if mirrored_test else ")"))]:
+                                    + {"none": ")", "mirror": ", + mirror)",
+                                       "shifts": ", 6 views)"}[tta])]:
         accuracies.plot(epochs, [100 * row[key] for row in history],
                         marker="o", markersize=3, label=label)
     best = max(history, key=lambda row: row["test_acc"])

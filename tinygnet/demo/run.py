@@ -266,13 +266,14 @@ class Trainer:
             text += f" aux1 {m['loss_aux1']:.3f} aux2 {m['loss_aux2']:.3f}"
         return text + f" acc {100 * m['train_acc']:.1f}%"
 
-    def evaluate(self):
-        """Test accuracy of the main head in eval mode (EMA weights if on, each image averaged
-        with its mirror if --tta) and the confusion matrix."""
+    def evaluate(self, views=None):
+        """Test accuracy of the main head in eval mode (EMA weights if on) and the confusion
+        matrix; ``views``: the test-time augmentation (default: --tta's)."""
         averaged = self.ema.averaged() if self.ema is not None else nullcontext()
         with averaged:
             return training.evaluate(self.model, self.test_loader, self.config.device,
-                                     num_classes=len(self.classes), mirror=self.config.tta)
+                                     num_classes=len(self.classes),
+                                     tta=views or self.config.tta)
 
     def end_epoch(self, test_acc, confusion, test_seconds) -> None:
         """Record the epoch and print its line; write checkpoint.npz, then best.npz (if the test
@@ -303,7 +304,7 @@ class Trainer:
                 f"loss {row['loss']:.4f} (main {row['loss_main']:.4f}")
         if self.config.aux:
             text += f", aux1 {row['loss_aux1']:.4f}, aux2 {row['loss_aux2']:.4f}"
-        test = "test+mirror" if self.config.tta else "test"
+        test = {"none": "test", "mirror": "test+mirror", "shifts": "test x6"}[self.config.tta]
         return (text + f")  train {100 * row['train_acc']:5.2f}%  {test} {100 * row['test_acc']:5.2f}%"
                 f" (best {100 * best:5.2f}%)  lr {row['lr']:.4g}  {row['train_seconds']:.1f} s"
                 f" + {row['test_seconds']:.1f} s test ({row['images_per_second']:.0f} img/s)")
@@ -327,7 +328,7 @@ class Trainer:
     def write_plots(self, confusion) -> None:
         from .plots import plot_curves, plot_per_class
         plot_curves(self.history, os.path.join(self.config.out, "curves.png"),
-                    mirrored_test=self.config.tta)
+                    tta=self.config.tta)
         plot_per_class(confusion, self.classes, os.path.join(self.config.out, "per_class.png"))
 
     def repair_outputs(self, resumed_from) -> list:

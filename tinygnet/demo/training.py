@@ -12,7 +12,7 @@ One training step is the paper's recipe in five lines::
 ``train_epoch`` runs those steps over the training set and hands control
 back after each one; ``evaluate`` tests the main head in eval mode, where
 GoogLeNet returns the main logits only (the aux heads exist to train),
-optionally averaging each test image's logits with its mirror's. The
+optionally averaging each test image's logits over several views of it. The
 rest of a run (command line, configuration, checkpoints, Ctrl-C, progress
 bar, plots) lives in ``cifar.py``; this module is the loop itself.
 """
@@ -26,7 +26,7 @@ from .. import backend
 from ..models import googlenet_loss
 from ..tensor import Tensor, no_grad
 
-__all__ = ["train_epoch", "evaluate", "RunningMetrics"]
+__all__ = ["train_epoch", "evaluate", "RunningMetrics", "TTA_VIEWS"]
 
 
 def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight=0.3,
@@ -58,27 +58,35 @@ def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight
         yield losses
 
 
-def evaluate(model, loader, device, num_classes, mirror=False):
+# Test-time augmentation: which views of each test image are averaged (their logits).
+TTA_VIEWS = {
+    "none": ((0, 0),),                                   # the image alone
+    "mirror": ((0, 0),),                                 # ... and the mirror of each view
+    "shifts": ((0, 0), (-1, -1), (1, 1)),                # ... also moved one pixel each way
+}
+
+
+def evaluate(model, loader, device, num_classes, tta="none"):
     """Test the main head in eval mode: (accuracy, confusion matrix) over ``loader``.
 
     Eval mode turns dropout off, makes batch norm use its running
     statistics, and drops the aux heads: the model returns the main logits
-    only. ``mirror=True`` is test-time augmentation: each image's logits are
-    averaged with those of its horizontal mirror (the training images were
-    flipped at random, so the network knows both), which costs a second
-    forward pass. ``confusion[i, j]`` counts test images of class ``i``
-    predicted as ``j`` (a ``num_classes x num_classes`` int64 NumPy array).
+    only. ``tta`` is test-time augmentation, the mean of the logits of
+    several views of each image: ``"none"`` (the image), ``"mirror"`` (the
+    image and its left-right mirror: 2 forward passes) or ``"shifts"`` (those
+    two, and both moved one pixel up-left and one down-right, edges
+    reflected: 6 passes). Training flipped and shifted its images at random,
+    so the network knows these views; averaging them evens out its errors.
+    ``confusion[i, j]`` counts test images of class ``i`` predicted as ``j``
+    (a ``num_classes x num_classes`` int64 NumPy array).
     """
     model.eval()
     predictions = []
     with no_grad():                    # no graph: nothing is kept for a backward pass
         for images, _ in loader:
             x = backend.to_device(images, device)                       # N x 3 x 32 x 32
-            logits = model(Tensor(x)).data                              # N x num_classes
-            if mirror:
-                xp = backend.get_array_module(x)
-                mirrored = xp.ascontiguousarray(x[..., ::-1])           # left-right flipped
-                logits = (logits + model(Tensor(mirrored)).data) / 2
+            # The sum of the views' logits: the same argmax as their mean.
+            logits = sum(model(Tensor(view)).data for view in _views(x, tta))   # N x classes
             predictions.append(logits.argmax(axis=1))                   # N, on the device
     model.train()
     xp = backend.get_array_module(predictions[0])
@@ -86,6 +94,19 @@ def evaluate(model, loader, device, num_classes, mirror=False):
     k = num_classes
     confusion = np.bincount(loader.labels * k + predicted, minlength=k * k).reshape(k, k)
     return float(np.trace(confusion) / max(confusion.sum(), 1)), confusion
+
+
+def _views(x, tta):
+    """The views of the batch ``x`` (N x C x H x W) that ``tta`` averages, one at a time."""
+    xp = backend.get_array_module(x)
+    H, W = x.shape[2:]
+    padded = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect") if tta == "shifts" else None
+    for dy, dx in TTA_VIEWS[tta]:
+        view = x if (dy, dx) == (0, 0) else \
+            xp.ascontiguousarray(padded[:, :, 1 + dy:1 + dy + H, 1 + dx:1 + dx + W])
+        yield view
+        if tta != "none":
+            yield xp.ascontiguousarray(view[..., ::-1])                 # left-right mirror
 
 
 class RunningMetrics:
