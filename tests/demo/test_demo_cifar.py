@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,28 +133,62 @@ def _model_predictions(model, images):
     return logits
 
 
-def test_mirrored_test_averages_each_image_with_its_mirror(tmp_path):
+def _reflect_shift(images, dy, dx):
+    """The image moved by (dy, dx) pixels, the edge reflected into the gap (NumPy's words)."""
+    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    return np.ascontiguousarray(padded[:, :, 1 + dy:33 + dy, 1 + dx:33 + dx])
+
+
+def test_each_tta_averages_the_logits_of_its_views(tmp_path):
     from tinygnet.demo import training
-    trainer = quiet_trainer(tiny_config(tmp_path, ema=0.0), tiny_data())
+    trainer = quiet_trainer(tiny_config(tmp_path, ema=0.0), tiny_data(learnable=True))
     trainer.fit()
     images = np.concatenate([x for x, _ in trainer.test_loader])      # normalised, N x 3 x 32 x 32
     labels = trainer.test_loader.labels
-    plain = _model_predictions(trainer.model, images)
-    mirror = _model_predictions(trainer.model, np.ascontiguousarray(images[..., ::-1]))
-    for tta, logits in [(False, plain), (True, (plain + mirror) / 2)]:
+
+    def logits(views):
+        return sum(_model_predictions(trainer.model, np.ascontiguousarray(v)) for v in views)
+
+    shifted = [_reflect_shift(images, -1, -1), _reflect_shift(images, 1, 1)]
+    expected_logits = {
+        "none": logits([images]),
+        "mirror": logits([images, images[..., ::-1]]),
+        "shifts": logits([images, images[..., ::-1]] + [v for s in shifted for v in (s, s[..., ::-1])]),
+    }
+    for tta, expected in expected_logits.items():
         accuracy, confusion = training.evaluate(trainer.model, trainer.test_loader, "cpu", 10,
-                                                mirror=tta)
-        expected = np.bincount(labels * 10 + logits.argmax(1), minlength=100).reshape(10, 10)
-        np.testing.assert_array_equal(confusion, expected)
+                                                tta=tta)
+        expected = np.bincount(labels * 10 + expected.argmax(1), minlength=100).reshape(10, 10)
+        np.testing.assert_array_equal(confusion, expected, err_msg=tta)
         assert accuracy == np.trace(expected) / len(labels)
-    # The mirror changes some predictions here, so the check above can tell.
-    assert (plain.argmax(1) != ((plain + mirror) / 2).argmax(1)).any()
+    # The views change some predictions here, so the checks above can tell them apart.
+    predictions = [logits.argmax(1) for logits in expected_logits.values()]
+    assert (predictions[0] != predictions[1]).any() and (predictions[1] != predictions[2]).any()
+
+
+def test_the_final_test_takes_the_final_views_once_more(tmp_path, monkeypatch, capsys):
+    from tinygnet.demo import training
+    trainer = quiet_trainer(tiny_config(tmp_path, tta="mirror", final_tta="shifts"), tiny_data())
+    calls = []
+    real_evaluate = training.evaluate
+
+    def spy(*args, tta, **kwargs):
+        calls.append(tta)
+        return real_evaluate(*args, tta=tta, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    accuracy, seconds = cifar._final_test(trainer)
+    assert calls == ["shifts"] and accuracy == real_evaluate(
+        trainer.model, trainer.test_loader, "cpu", 10, tta="shifts")[0]
+    assert "testing the final weights on 6 views" in capsys.readouterr().out
+    trainer.config.final_tta = "mirror"                   # the same views as every test: no more
+    assert cifar._final_test(trainer) is None and calls == ["shifts"]
 
 
 def test_tta_changes_only_the_test(tmp_path):
     data = tiny_data(learnable=True)
     runs = {}
-    for tta in (False, True):             # one after the other: each seeds the global stream
+    for tta in ("none", "mirror"):        # one after the other: each seeds the global stream
         runs[tta] = quiet_trainer(tiny_config(tmp_path / str(tta), tta=tta, ema=0.0), data)
         runs[tta].fit()
     weights = [trainer.model.state_dict() for trainer in runs.values()]
@@ -164,16 +199,16 @@ def test_tta_changes_only_the_test(tmp_path):
     assert train_columns[0] == train_columns[1]
     from tinygnet.demo import training
     for tta, trainer in runs.items():     # the same weights, tested two ways
-        expected = training.evaluate(runs[False].model, trainer.test_loader, "cpu", 10,
-                                     mirror=tta)
+        expected = training.evaluate(runs["none"].model, trainer.test_loader, "cpu", 10,
+                                     tta=tta)
         assert (trainer.history[-1]["test_acc"], trainer.confusion.tolist()) == \
             (expected[0], expected[1].tolist())
-    assert not np.array_equal(runs[False].confusion, runs[True].confusion)
+    assert not np.array_equal(runs["none"].confusion, runs["mirror"].confusion)
 
 
 def test_the_test_uses_the_ema_weights_and_training_goes_on_with_the_live_ones(tmp_path):
     from tinygnet.demo import training
-    trainer = quiet_trainer(tiny_config(tmp_path, ema=0.5, tta=False),
+    trainer = quiet_trainer(tiny_config(tmp_path, ema=0.5, tta="none"),
                             tiny_data(learnable=True))
     trainer.fit()
     live = {name: value.copy() for name, value in trainer.model.state_dict().items()}
@@ -216,9 +251,9 @@ def test_crop_padding_bounds_the_shifts_of_the_training_crops(tmp_path, padding)
 
 def test_runs_saved_before_tta_and_crop_padding_resume_as_they_ran(tmp_path):
     saved = dataclasses.asdict(tiny_config(tmp_path))
-    del saved["tta"], saved["crop_padding"]
+    del saved["tta"], saved["final_tta"], saved["crop_padding"]
     config = cifar.config_for_resume(parse("--device", "cpu"), saved, str(tmp_path / "c.npz"))
-    assert (config.tta, config.crop_padding) == (False, 4)
+    assert (config.tta, config.final_tta, config.crop_padding) == ("none", "none", 4)
 
 
 # --------------------------------------------------------------------------
@@ -308,6 +343,13 @@ def test_quick_run_writes_every_output(fake_cifar, tmp_path, capsys):
     assert cifar.main(argv) == 0
     printed = capsys.readouterr().out
     assert "final test accuracy" in printed and "best" in printed
+    # Every accuracy printed says which views of the test images it averaged.
+    assert "testing the main head on each image and its mirror, the final weights also on 6 " \
+           "views" in printed
+    assert "test+mirror" in printed and ", on each image and its mirror;" in printed
+    final = re.search(r"final weights on 6 views of each image .*: test accuracy ([0-9.]+)%", printed)
+    trainer_acc = _final_views_accuracy(out)
+    assert final and float(final.group(1)) == pytest.approx(100 * trainer_acc, abs=0.005)
     for name in CLASSES:                              # the per-class table
         assert f"  {name} " in printed
 
@@ -332,6 +374,17 @@ def test_quick_run_writes_every_output(fake_cifar, tmp_path, capsys):
     assert (f"resuming from {out / 'checkpoint.npz'}: the run is already finished (1 of 1 epoch), "
             f"nothing to train; to train longer, start a new run with a larger --epochs") in printed
     assert "final test accuracy" in printed and "epoch 2" not in printed
+
+
+def _final_views_accuracy(out) -> float:
+    """The 6-view accuracy of the weights saved in ``out/checkpoint.npz``, computed here."""
+    from tinygnet.demo import training
+    state = load_checkpoint(out / "checkpoint.npz")
+    config = Config(**state["config"])
+    train, test = cifar.load_cifar10(config)
+    trainer = quiet_trainer(config, (train, test))
+    trainer.load_state_dict(state)
+    return training.evaluate(trainer.model, trainer.test_loader, "cpu", 10, tta="shifts")[0]
 
 
 def _demo(*argv, env=None):
