@@ -28,8 +28,9 @@ from tinygnet.demo import cifar, run
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_child.py")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PER_BATCH = 16
+SEED = 4     # one whose test accuracy improves in epoch 2 (best.npz is written twice)
 ARGV = ["--device", "cpu", "--epochs", "2", "--batch-size", "16", "--width", "0.0625",
-        "--train-images", "32", "--seed", "6", "--no-progress", "--no-download"]
+        "--train-images", "32", "--seed", str(SEED), "--no-progress", "--no-download"]
 STEPS_PER_EPOCH = 2
 METRICS_WITHOUT_TIMES = 8     # epoch, the four losses, train_acc, test_acc, lr
 
@@ -98,7 +99,7 @@ def assert_consistent(out, reference, event):
     assert set(names) - set(temporary) <= set(run.OUTPUTS)
     if "config.json" in names:
         with open(os.path.join(out, "config.json")) as f:
-            assert json.load(f)["config"]["seed"] == 6
+            assert json.load(f)["config"]["seed"] == SEED
     history = reference["final"]["history"]
     epoch = 0                     # epochs in checkpoint.npz
     if "checkpoint.npz" in names:
