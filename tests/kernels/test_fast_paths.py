@@ -33,7 +33,7 @@ from tinygnet.functional.conv import Conv2d
 from tinygnet.functional.loss import CrossEntropy
 from tinygnet.functional.norm import BatchNorm, LocalResponseNorm
 from tinygnet.functional.pool import AvgPool2d, MaxPool2d, pool_output_size
-from tinygnet.kernels import cpu_conv, cpu_norm, cpu_pool, threads as cpu_threads
+from tinygnet.kernels import cpu_conv, cpu_norm, cpu_pool, threads as cpu_threads, workspaces
 
 # float64 agrees to rounding; float32 sums taken in another order to ~1e-6 relative,
 # more where batch norm's backward subtracts nearly equal terms: tolerances are
@@ -190,11 +190,13 @@ def cast(arrays, options, dtype):
 
 @contextlib.contextmanager
 def cpu_blocks(setting):
-    """Three CPU threads; with setting "many", every block-size threshold lowered to 1."""
+    """Three CPU threads; with setting "many", every block-size threshold lowered to 1, and
+    the memory lent for kept arrays too (so convolutions rebuild their columns in backward)."""
     saved = [(module, name, getattr(module, name))
              for module, name in [(cpu_conv, "MIN_BLOCK_ELEMENTS"), (cpu_pool, "MIN_BLOCK_ELEMENTS"),
                                   (cpu_norm, "MIN_BLOCK_ELEMENTS"),
-                                  (cpu_threads, "_MIN_CHUNK_FLOPS")]]
+                                  (cpu_threads, "_MIN_CHUNK_FLOPS"),
+                                  (workspaces, "LEND_BUDGET_BYTES")]]
     threads_before = cpu_threads.get_num_threads()
     cpu_threads.set_num_threads(3)
     try:

@@ -24,3 +24,51 @@ def test_workspace_reuses_one_buffer_per_name_and_thread():
     workspaces.release_workspaces()
     assert not np.shares_memory(bigger, workspaces.workspace("test.a", (100, 100), np.float32))
     workspaces.release_workspaces()
+
+
+def test_lent_memory_goes_back_to_the_pool_when_the_loan_is_let_go(monkeypatch):
+    import gc
+    monkeypatch.setattr(workspaces, "_pool", {"lent": 0, "free": []})
+    monkeypatch.setattr(workspaces, "LEND_BUDGET_BYTES", 1000)
+    a = workspaces.lend((10, 10), np.float32)                       # 400 bytes
+    assert a.array.shape == (10, 10) and a.array.dtype == np.float32
+    assert a.array.flags.c_contiguous
+    b = workspaces.lend((5, 10), np.float64)                        # 400 more: 800 lent
+    assert not np.shares_memory(a.array, b.array)
+    assert workspaces.lend((60,), np.float32) is None               # 240 more: over the budget
+    address = a.array.__array_interface__["data"][0]
+    del a
+    gc.collect()
+    assert workspaces._pool["lent"] == 400
+    again = workspaces.lend((20, 5), np.float32)                    # fits: the same memory
+    assert again.array.__array_interface__["data"][0] == address
+    del b, again
+    gc.collect()
+    assert workspaces._pool["lent"] == 0
+    assert sum(buffer.nbytes for buffer in workspaces._pool["free"]) <= 1000
+
+
+def test_a_convolution_keeps_its_columns_only_within_the_budget(monkeypatch):
+    """Kept or rebuilt, the same columns: the same gradients, bit for bit, and a second
+    backward (retain_graph) still works."""
+    from tinygnet.functional.conv import Conv2d
+    from tinygnet.kernels.cpu_conv import Conv2dOneGemm
+    from tinygnet.tensor import Tensor
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((2, 3, 6, 6)), requires_grad=True)
+    w = Tensor(rng.standard_normal((4, 3, 3, 3)), requires_grad=True)
+    gy = rng.standard_normal((2, 4, 6, 6))
+    grads = {}
+    for budget in (1 << 20, 0):
+        monkeypatch.setattr(workspaces, "LEND_BUDGET_BYTES", budget)
+        y = Conv2d.apply(x, w, None, stride=(1, 1), padding=(1, 1))
+        op = y._ctx
+        assert type(op) is Conv2dOneGemm
+        assert (op.cols is not None, op.x is None) == (bool(budget), bool(budget))
+        y.backward(gy, retain_graph=True)
+        y.backward(gy)                                  # gradients add up: twice the first
+        grads[budget] = (x.grad.numpy().copy(), w.grad.numpy().copy())
+        assert getattr(op, "cols", None) is None        # let go after the last backward
+        x.grad = w.grad = None
+    for kept, rebuilt in zip(grads[1 << 20], grads[0]):
+        np.testing.assert_array_equal(kept, rebuilt)

@@ -19,9 +19,12 @@ image. This fast path computes the same convolution with three changes:
   (``workspaces.workspace``): fresh arrays that size cost a page fault per
   page.
 
-It also keeps x rather than cols for backward (cols is rebuilt there, one
-more copy), so the saved state is the size of x, not KH*KW times it. The
-README's Performance section has what each of these bought.
+* **Columns kept for backward**: the weight gradient needs cols again. They
+  are kept from forward in memory lent by ``workspaces.lend`` (the same
+  memory every step) while a budget allows; past it, backward rebuilds
+  them from x, so the saved state stays the size of x, not KH*KW times it.
+
+The README's Performance section has what each of these bought.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import numpy as np
 from ..dispatch import register_fast
 from ..functional.conv import Conv2d
 from .threads import parallel_for, parallel_matmul
-from .workspaces import workspace
+from .workspaces import lend, workspace
 
 __all__ = ["Conv2dOneGemm"]
 
@@ -49,14 +52,15 @@ def _windows(x_pad, KH, KW, SH, SW, OH, OW):
         x_pad, shape=(N, C, KH, KW, OH, OW), strides=(sN, sC, sH, sW, sH * SH, sW * SW))
 
 
-def _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW):
+def _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW, out=None):
     """cols (C*KH*KW, N*OH*OW), all images side by side:
     cols[(c, kh, kw), (n, oh, ow)] = x_pad[n, c, oh*SH + kh, ow*SW + kw].
     Channels are independent rows of cols: the threads copy a block each.
-    cols is a workspace: valid until the next im2col."""
+    Written into ``out`` (C, KH, KW, N, OH, OW) if given, else into a workspace,
+    valid until the next im2col."""
     N, C, H, W = x.shape
     x_pad = workspace("conv.x_pad", (N, C, H + 2 * PH, W + 2 * PW), x.dtype) if (PH or PW) else x
-    cols = workspace("conv.cols", (C, KH, KW, N, OH, OW), x.dtype)
+    cols = out if out is not None else workspace("conv.cols", (C, KH, KW, N, OH, OW), x.dtype)
 
     def copy(c0, c1):
         if PH or PW:   # zeros, then x copied in: no new array, unlike np.pad
@@ -118,17 +122,22 @@ class Conv2dOneGemm(Conv2d):
         (SH, SW), (PH, PW) = stride, padding
         OH = (H + 2 * PH - KH) // SH + 1
         OW = (W_in + 2 * PW - KW) // SW + 1
+        need_gx, need_gW = self.needs_input_grad[:2]
+        self.cols = self.cols_loan = None   # cols kept for gW, when memory is lent for them
         if _is_pointwise(KH, KW, SH, SW, PH, PW):
             y = parallel_matmul(W.reshape(O, C), x.reshape(N, C, H * W_in))  # N, O, H*W
         else:
-            cols = _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW)  # C*KH*KW, N*OH*OW
+            loan = lend((C, KH, KW, N, OH, OW), x.dtype) if need_gW else None
+            cols = _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW,          # C*KH*KW, N*OH*OW
+                                 out=loan.array if loan is not None else None)
             y = parallel_matmul(W.reshape(O, -1), cols,
                                 out=workspace("conv.y", (O, N * OH * OW), x.dtype))
             y = _swap_leading_axes(y.reshape(O, N, OH * OW))         # N, O, OH*OW, new
+            if loan is not None:          # held until this op is released after backward
+                self.cols, self.cols_loan = cols, loan
         if b is not None:
             y += b.reshape(O, 1)
-        need_gx, need_gW = self.needs_input_grad[:2]
-        self.x = x if need_gW else None            # cols are rebuilt from x in backward
+        self.x = x if need_gW and self.cols is None else None   # else cols are rebuilt from x
         self.W = W if need_gx else None
         self.x_shape, self.geometry = x.shape, (KH, KW, SH, SW, PH, PW, OH, OW)
         return y.reshape(N, O, OH, OW)
@@ -153,7 +162,8 @@ class Conv2dOneGemm(Conv2d):
         gy = _swap_leading_axes(gy, out=workspace("conv.gy", (O, N, OH * OW), gy.dtype))
         gy = gy.reshape(O, -1)                                       # O, N*OH*OW
         if need_gW:
-            cols = _im2col_batch(self.x, KH, KW, SH, SW, PH, PW, OH, OW)
+            cols = (self.cols if self.cols is not None else
+                    _im2col_batch(self.x, KH, KW, SH, SW, PH, PW, OH, OW))
             gW = parallel_matmul(gy, cols.T).reshape(O, -1, KH, KW)
         if need_gx:
             W2 = self.W.reshape(O, -1)                               # O, C*KH*KW

@@ -1,4 +1,10 @@
-"""Workspaces: scratch arrays that the fast CPU paths reuse from call to call.
+"""Workspaces: memory that the fast CPU paths reuse from call to call.
+
+* ``workspace(name, ...)``: a scratch array for an op's temporaries, the same
+  memory on every call.
+* ``lend(shape, dtype)``: an array an op keeps from its forward to its
+  backward; when the op lets go of the loan, the memory goes back to a pool
+  and is lent again, so every training step reuses the last one's.
 
 Only the fast CPU convolution (``cpu_conv.py``) uses them; the reference ops
 of ``tinygnet.functional`` allocate fresh arrays, as plain NumPy code does.
@@ -6,12 +12,20 @@ of ``tinygnet.functional`` allocate fresh arrays, as plain NumPy code does.
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 
-__all__ = ["workspace", "release_workspaces"]
+__all__ = ["workspace", "release_workspaces", "lend", "Loan", "LEND_BUDGET_BYTES"]
 
 _workspaces = threading.local()
+
+# At most this many bytes are lent at once (the rest of a step recomputes
+# what it would have kept): at the demo's width a training step keeps about
+# 100 MB of convolution columns; at width 1 they would be gigabytes.
+LEND_BUDGET_BYTES = 1 << 28
+_pool_lock = threading.Lock()
+_pool = {"lent": 0, "free": []}     # bytes lent now; buffers handed back, ready to lend
 
 
 def workspace(name: str, shape, dtype) -> np.ndarray:
@@ -41,3 +55,46 @@ def workspace(name: str, shape, dtype) -> np.ndarray:
 def release_workspaces() -> None:
     """Free this thread's workspaces (as ``torch.cuda.empty_cache`` frees cached blocks)."""
     _workspaces.__dict__.pop("buffers", None)
+
+
+class Loan:
+    """Memory lent by ``lend``: ``.array`` is the caller's while it holds the Loan."""
+
+    def __init__(self, array):
+        self.array = array
+
+
+def lend(shape, dtype) -> Loan | None:
+    """A ``Loan`` whose ``.array`` (``shape``, ``dtype``, contents undefined) the caller
+    may keep, or None when ``LEND_BUDGET_BYTES`` are already lent.
+
+    Why: an op that keeps a big array from forward to backward (a convolution's
+    columns) would otherwise allocate it fresh every step, a page fault per
+    page. Nothing needs handing back: when the Loan is garbage collected (the op
+    is released after backward, or its graph is dropped), its memory returns to
+    the pool, and the next ``lend`` of that size or less reuses it. Views of
+    ``.array`` must not outlive the Loan.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    with _pool_lock:
+        if _pool["lent"] + nbytes > LEND_BUDGET_BYTES:
+            return None
+        free = _pool["free"]
+        fits = [k for k, b in enumerate(free) if b.nbytes >= nbytes]
+        buffer = free.pop(min(fits, key=lambda k: free[k].nbytes)) if fits else None
+        _pool["lent"] += nbytes
+    if buffer is None:
+        buffer = np.empty(max(nbytes, 1), dtype=np.uint8)
+    loan = Loan(buffer[:nbytes].view(dtype).reshape(shape))
+    weakref.finalize(loan, _give_back, buffer, nbytes)
+    return loan
+
+
+def _give_back(buffer, nbytes):
+    with _pool_lock:
+        _pool["lent"] -= nbytes
+        free = _pool["free"]
+        free.append(buffer)
+        free.sort(key=lambda b: b.nbytes)
+        while sum(b.nbytes for b in free) > LEND_BUDGET_BYTES:   # keep at most the budget
+            free.pop(0)                                          # the smallest first
