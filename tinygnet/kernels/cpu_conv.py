@@ -114,8 +114,7 @@ def _is_pointwise(KH, KW, SH, SW, PH, PW):
 
 @register_fast(Conv2d, "cpu")
 class Conv2dOneGemm(Conv2d):
-    """Replaces functional.conv.Conv2d on the CPU: one GEMM per batch, threads, reused memory,
-    the columns kept for backward."""
+    """Replaces functional.conv.Conv2d on the CPU: one GEMM a batch, threads, columns reused/kept."""
 
     def forward(self, x, W, b=None, stride=(1, 1), padding=(0, 0)):
         N, C, H, W_in = x.shape
