@@ -309,7 +309,9 @@ def test_data_root_resolution(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--lr", "-1"], ["--width", "abc"],
                                   ["--dropout", "1"], ["--stem-stride", "3"], ["--momentum", "5"],
-                                  ["--momentum", "1"], ["--momentum", "-0.1"], ["--init", "lecun"]])
+                                  ["--momentum", "1"], ["--momentum", "-0.1"], ["--init", "lecun"],
+                                  ["--crop-padding", "-1"], ["--crop-padding", "17"],
+                                  ["--tta", "all"], ["--final-tta", "6"]])
 def test_bad_values_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         parse(*argv)

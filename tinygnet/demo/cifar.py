@@ -61,7 +61,7 @@ from .common import (TrainingDiverged, UsageError, check_out_folder, claim_out_f
                      non_negative_int, number, positive_float, positive_int, probability,
                      resolve_device, sigterm_interrupts, write_text)
 from .run import CHECKPOINT_KIND, OUTPUTS, Trainer
-from .training import TTA_VIEWS
+from .training import TTA_DESCRIPTIONS, TTA_VIEWS
 
 PROG = "python -m tinygnet.demo cifar"
 
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--aux-dropout", type=probability, metavar="P",
                        help="dropout inside the auxiliary heads; the paper's is 0.7"
                        + _defaults("aux_dropout"))
-    model.add_argument("--crop-padding", type=non_negative_int, metavar="PIXELS",
+    model.add_argument("--crop-padding", type=_crop_padding, metavar="PIXELS",
                        help="training augmentation: random 32 x 32 crops of each image "
                             "zero-padded by this many pixels (0: no shifts), and random "
                             "mirroring" + _defaults("crop_padding"))
@@ -279,6 +279,7 @@ def _defaults(name) -> str:
 
 
 _ema_decay = number(float, lambda v: 0 <= v < 1, "in [0, 1) (0: off)")
+_crop_padding = number(int, lambda v: 0 <= v <= 16, "an integer from 0 to 16 (half an image)")
 
 
 
@@ -423,8 +424,8 @@ def _run(argv) -> int:
           f"{config.init} init, aux heads {'on' if config.aux else 'off'}, {params:,} parameters; "
           f"{len(train)} training and {len(test)} test images; {_plural(config.epochs, 'epoch')} of "
           f"{_plural(len(trainer.train_loader), 'step')}; testing the main head on "
-          f"{VIEW_NAMES[config.tta]}"
-          + (f", the final weights also on {VIEW_NAMES[config.final_tta]}"
+          f"{TTA_DESCRIPTIONS[config.tta]}"
+          + (f", the final weights also on {TTA_DESCRIPTIONS[config.final_tta]}"
              if config.final_tta != config.tta else ""))
     checkpoint = os.path.join(config.out, "checkpoint.npz")
     try:
@@ -518,16 +519,12 @@ def _device_name(device: str) -> str:
     return f"{device} ({name.decode() if isinstance(name, bytes) else name})"
 
 
-VIEW_NAMES = {"none": "the image alone", "mirror": "each image and its mirror",
-              "shifts": "6 views of each image (it and its mirror, also shifted one pixel each way)"}
-
-
 def _final_test(trainer) -> tuple | None:
     """(accuracy, seconds) of the final weights on --final-tta's views; None when those
     are --tta's."""
     if trainer.config.final_tta == trainer.config.tta:
         return None
-    print(f"testing the final weights on {VIEW_NAMES[trainer.config.final_tta]}...", flush=True)
+    print(f"testing the final weights on {TTA_DESCRIPTIONS[trainer.config.final_tta]}...", flush=True)
     started = time.perf_counter()
     accuracy = trainer.evaluate(views=trainer.config.final_tta)[0]
     return accuracy, time.perf_counter() - started
@@ -537,10 +534,10 @@ def _print_summary(result, classes, config, final_views_acc=None) -> None:
     minutes, seconds = divmod(result["seconds"], 60)
     print(f"\nfinal test accuracy {100 * result['final_test_acc']:.2f}%, best "
           f"{100 * result['best_test_acc']:.2f}% (epoch {result['best_epoch']}), on "
-          f"{VIEW_NAMES[config.tta]}; {int(minutes)} min {seconds:.0f} s")
+          f"{TTA_DESCRIPTIONS[config.tta]}; {int(minutes)} min {seconds:.0f} s")
     if final_views_acc is not None:
         accuracy, seconds = final_views_acc
-        print(f"final weights on {VIEW_NAMES[config.final_tta]}: test accuracy "
+        print(f"final weights on {TTA_DESCRIPTIONS[config.final_tta]}: test accuracy "
               f"{100 * accuracy:.2f}% ({seconds:.0f} s)")
     confusion = result["confusion"]
     if confusion is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..checkpoint import atomic_write
+from .training import TTA_LABELS
 
 __all__ = ["plot_curves", "plot_per_class", "new_figure", "save_figure"]
 
@@ -48,9 +49,7 @@ def plot_curves(history: list[dict], path, tta="none") -> None:
     losses.grid(alpha=0.3)
 
     for key, label in [("train_acc", "train (augmented, train mode)"),
-                       ("test_acc", "test (main head, eval mode"
-                                    + {"none": ")", "mirror": ", + mirror)",
-                                       "shifts": ", 6 views)"}[tta])]:
+                       ("test_acc", f"{TTA_LABELS[tta]} (main head, eval mode)")]:
         accuracies.plot(epochs, [100 * row[key] for row in history],
                         marker="o", markersize=3, label=label)
     best = max(history, key=lambda row: row["test_acc"])

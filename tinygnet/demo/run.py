@@ -304,7 +304,7 @@ class Trainer:
                 f"loss {row['loss']:.4f} (main {row['loss_main']:.4f}")
         if self.config.aux:
             text += f", aux1 {row['loss_aux1']:.4f}, aux2 {row['loss_aux2']:.4f}"
-        test = {"none": "test", "mirror": "test+mirror", "shifts": "test x6"}[self.config.tta]
+        test = training.TTA_LABELS[self.config.tta]
         return (text + f")  train {100 * row['train_acc']:5.2f}%  {test} {100 * row['test_acc']:5.2f}%"
                 f" (best {100 * best:5.2f}%)  lr {row['lr']:.4g}  {row['train_seconds']:.1f} s"
                 f" + {row['test_seconds']:.1f} s test ({row['images_per_second']:.0f} img/s)")

@@ -26,7 +26,8 @@ from .. import backend
 from ..models import googlenet_loss
 from ..tensor import Tensor, no_grad
 
-__all__ = ["train_epoch", "evaluate", "RunningMetrics", "TTA_VIEWS"]
+__all__ = ["train_epoch", "evaluate", "RunningMetrics", "TTA_VIEWS", "TTA_LABELS",
+           "TTA_DESCRIPTIONS"]
 
 
 def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight=0.3,
@@ -58,11 +59,19 @@ def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight
         yield losses
 
 
-# Test-time augmentation: which views of each test image are averaged (their logits).
+# Test-time augmentation: the views of each test image whose logits are averaged,
+# each (dy, dx, mirrored): moved dy rows and dx columns, then mirrored left-right or not.
 TTA_VIEWS = {
-    "none": ((0, 0),),                                   # the image alone
-    "mirror": ((0, 0),),                                 # ... and the mirror of each view
-    "shifts": ((0, 0), (-1, -1), (1, 1)),                # ... also moved one pixel each way
+    "none": ((0, 0, False),),
+    "mirror": ((0, 0, False), (0, 0, True)),
+    "shifts": tuple((dy, dx, mirrored) for dy, dx in ((0, 0), (-1, -1), (1, 1))
+                    for mirrored in (False, True)),
+}
+TTA_LABELS = {"none": "test", "mirror": "test+mirror", "shifts": "test x6"}   # short, per epoch
+TTA_DESCRIPTIONS = {
+    "none": "the image alone",
+    "mirror": "each image and its mirror",
+    "shifts": "6 views of each image (it and its mirror, also shifted one pixel each way)",
 }
 
 
@@ -100,13 +109,13 @@ def _views(x, tta):
     """The views of the batch ``x`` (N x C x H x W) that ``tta`` averages, one at a time."""
     xp = backend.get_array_module(x)
     H, W = x.shape[2:]
-    padded = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect") if tta == "shifts" else None
-    for dy, dx in TTA_VIEWS[tta]:
-        view = x if (dy, dx) == (0, 0) else \
-            xp.ascontiguousarray(padded[:, :, 1 + dy:1 + dy + H, 1 + dx:1 + dx + W])
-        yield view
-        if tta != "none":
-            yield xp.ascontiguousarray(view[..., ::-1])                 # left-right mirror
+    shifted = any((dy, dx) != (0, 0) for dy, dx, _ in TTA_VIEWS[tta])
+    padded = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect") if shifted else None
+    for dy, dx, mirrored in TTA_VIEWS[tta]:
+        view = x if (dy, dx) == (0, 0) else padded[:, :, 1 + dy:1 + dy + H, 1 + dx:1 + dx + W]
+        if mirrored:
+            view = view[..., ::-1]                                     # left-right
+        yield xp.ascontiguousarray(view)
 
 
 class RunningMetrics:
