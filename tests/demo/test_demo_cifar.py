@@ -249,6 +249,16 @@ def test_crop_padding_bounds_the_shifts_of_the_training_crops(tmp_path, padding)
     assert max(shifts) == padding
 
 
+def test_a_checkpoint_with_an_unknown_tta_is_one_line(tmp_path, capsys):
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, {"kind": "tinygnet.demo.cifar",
+                           "config": dataclasses.asdict(tiny_config(tmp_path, tta="flips"))})
+    assert cifar.main(["--resume", str(path), "--device", "cpu"]) == 1
+    assert capsys.readouterr().err == (
+        f"python -m tinygnet.demo cifar: error: cannot resume: {str(path)!r}: its configuration "
+        f"has an unknown tta 'flips' (one of none, mirror, shifts)\n")
+
+
 def test_runs_saved_before_tta_and_crop_padding_resume_as_they_ran(tmp_path):
     saved = dataclasses.asdict(tiny_config(tmp_path))
     del saved["tta"], saved["final_tta"], saved["crop_padding"]

@@ -314,6 +314,10 @@ def config_for_resume(args, saved: dict, checkpoint_path: str) -> Config:
     except TypeError as error:
         raise CheckpointError(f"{checkpoint_path!r}: its configuration does not fit this version "
                               f"of the demo ({error})") from None
+    for name in ("tta", "final_tta"):
+        if getattr(config, name) not in TTA_VIEWS:
+            raise CheckpointError(f"{checkpoint_path!r}: its configuration has an unknown "
+                                  f"{name} {getattr(config, name)!r} (one of {', '.join(TTA_VIEWS)})")
     conflicts = [f"--{name.replace('_', '-')} {value} (saved: {getattr(config, name)})"
                  for name, value in _given(args).items()
                  if name not in RESUMABLE_OVERRIDES and value != getattr(config, name)]
