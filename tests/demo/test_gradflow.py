@@ -11,9 +11,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from tinygnet.demo import gradflow
+from tinygnet.demo import gradflow, gradflow_runs, gradflow_stats
 from tinygnet.demo.common import TrainingDiverged
-from tinygnet.demo.gradflow import Config, build_models
+from tinygnet.demo.gradflow_runs import Config, build_models
 
 TINY = ["--steps", "4", "--width", "0.0625", "--batch-size", "8", "--split-every", "2",
         "--test-images", "16", "--no-progress", "--no-download"]
@@ -90,7 +90,7 @@ def test_both_runs_start_from_the_same_weights(init):
 def test_same_seed_same_numbers_and_the_heads_reach_only_below_them():
     settings = config(steps=3, width=0.0625, batch_size=8, split_every=2, test_images=0,
                       dropout=0.0, aux_dropout=0.0, init=("xavier",), seeds=1)
-    first, second = (gradflow.run_experiment(settings, random_data(), progress=False,
+    first, second = (gradflow_runs.run_experiment(settings, random_data(), progress=False,
                                              log=lambda *a: None) for _ in range(2))
     assert set(first) == {("xavier", "aux", 0), ("xavier", "no_aux", 0)}
     for key in first:
@@ -110,7 +110,7 @@ def test_a_diverging_run_stops_at_once_and_says_so(fake_cifar, tmp_path, capsys)
                       init=("he",), seeds=1, lr=1e6)
     with np.errstate(all="ignore"), pytest.raises(TrainingDiverged,
                                                   match="'he, with aux heads, seed 0' diverged"):
-        gradflow.run_experiment(settings, random_data(), progress=False, log=lambda *a: None)
+        gradflow_runs.run_experiment(settings, random_data(), progress=False, log=lambda *a: None)
     out = tmp_path / "out"
     status = gradflow.main(["--data", fake_cifar, "--out", str(out), "--lr", "1e4",
                             "--init", "xavier,he"] + TINY)
@@ -120,7 +120,7 @@ def test_a_diverging_run_stops_at_once_and_says_so(fake_cifar, tmp_path, capsys)
                           "seed 0' diverged: the loss is nan")
     assert "at step 2 of 4; stopped. Try a smaller --lr (this run: 10000)" in err
     assert err.count("\n") == 1 and "Warning" not in err
-    assert os.listdir(out) == ["config.json"]
+    assert sorted(os.listdir(out)) == ["config.json", "gradflow_runs.npz"]
 
 
 def test_an_existing_run_is_refused_unless_overwrite(fake_cifar, tmp_path, capsys):
@@ -145,7 +145,7 @@ def test_the_seed_sets_the_order_of_the_batches():
     settings = config(batch_size=8)
 
     def first_labels(seed, n=6):
-        stream = gradflow.batches(images, labels, settings, seed)
+        stream = gradflow_runs.batches(images, labels, settings, seed)
         return np.concatenate([next(stream)[1] for _ in range(n)])      # 6 batches: past an epoch
     np.testing.assert_array_equal(first_labels(0), first_labels(0))
     assert not np.array_equal(first_labels(0), first_labels(1))
@@ -153,17 +153,17 @@ def test_the_seed_sets_the_order_of_the_batches():
 
 # --------------------------------------------------------------------------- derived numbers
 def test_smoothing_profiles_and_spread():
-    np.testing.assert_allclose(gradflow.smooth(np.arange(5.0), 2), [0, 0.5, 1.5, 2.5, 3.5])
-    result = gradflow.RunResult("he", "aux", 0, ["conv1", "fc", "aux1", "aux2"], None,
+    np.testing.assert_allclose(gradflow_stats.smooth(np.arange(5.0), 2), [0, 0.5, 1.5, 2.5, 3.5])
+    result = gradflow_runs.RunResult("he", "aux", 0, ["conv1", "fc", "aux1", "aux2"], None,
                                 np.array([[1.0, 4.0, 9.0, 9.0], [3.0, 4.0, 9.0, 9.0]]), [], None, 0)
     assert result.trunk == ["conv1", "fc"]
-    np.testing.assert_allclose(gradflow.profile(result, [0]), [0.25, 1.0])
-    np.testing.assert_allclose(gradflow.profile(result, [0, 1]), [0.5, 1.0])
-    stats = gradflow.spread([[1.0, 5.0], [3.0, 2.0]])
+    np.testing.assert_allclose(gradflow_stats.profile(result, [0]), [0.25, 1.0])
+    np.testing.assert_allclose(gradflow_stats.profile(result, [0, 1]), [0.5, 1.0])
+    stats = gradflow_stats.spread([[1.0, 5.0], [3.0, 2.0]])
     np.testing.assert_allclose(stats["mean"], [2.0, 3.5])
     np.testing.assert_allclose(stats["min"], [1.0, 2.0])
     np.testing.assert_allclose(stats["max"], [3.0, 5.0])
-    assert config(steps=200).window == 20 and list(gradflow.late_steps(config(steps=200))) == \
+    assert config(steps=200).window == 20 and list(gradflow_stats.late_steps(config(steps=200))) == \
         list(range(180, 200))
 
 
