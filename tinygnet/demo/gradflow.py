@@ -17,11 +17,12 @@ weights and see the same batches:
   (a) with the aux heads, loss = main + aux_weight * (aux1 + aux2);
   (b) without them (the same weights minus the two heads), loss = main.
 
-Every step records each layer's gradient norm (``tinygnet.diagnostics``);
-every ``--split-every`` steps run (a) backpropagates its three losses one
-at a time to see how much of each layer's gradient comes from each head.
-After training, each run's main head is scored on ``--test-images`` test
-images. With several seeds, the plots show the mean and the range (min to
+Each run trains with the CIFAR demo's step (``training.train_step``). Every
+step records each layer's gradient norm (``tinygnet.diagnostics``); every
+``--split-every`` steps run (a) backpropagates its three losses one at a
+time to see how much of each layer's gradient comes from each head. After
+training, each run's main head is scored on ``--test-images`` test images
+(``training.evaluate``). With several seeds, the plots show the mean and the range (min to
 max) over seeds: one seed cannot tell a difference of a point from noise.
 
 Outputs in ``--out``:
@@ -37,7 +38,17 @@ Outputs in ``--out``:
 * ``gradflow.csv``: every number behind the plots, one per row
   (``init, run, seed, step, quantity, layer, value``; the plotted means and
   ranges over seeds have seed ``mean``, ``min`` or ``max``);
+* ``gradflow_runs.npz``: the configuration and every finished run's
+  measurements, rewritten (atomically) as each run ends;
 * ``config.json``; and a summary printed at the end.
+
+A stopped experiment (Ctrl-C, SIGTERM, ``kill -9``, a power cut) loses only
+the run it was in: ``--resume OUT`` trains the runs not yet finished, with
+the saved settings, and writes the outputs as an uninterrupted experiment
+would have (every run starts from its own seeds, so a run trained after the
+restart is the same run). The code: this file is the command line and the
+order of things; ``gradflow_runs.py`` the runs, ``gradflow_stats.py`` the
+numbers made of them (CSV, summary), ``gradflow_plots.py`` the figures.
 
 Defaults (sized to stay under 15 minutes on an idle 2-core CPU; the README
 gives the time measured there): a network at an eighth of the paper's width
