@@ -1,4 +1,5 @@
-"""The gradflow demo: its flags, the grid of runs, and every output written and consistent.
+"""The gradflow demo: its flags, the grid of runs, every output written and consistent, and a
+stopped experiment kept and resumed.
 
 Runs on tiny synthetic data in the official CIFAR-10 format, with a
 network narrow enough that a step takes milliseconds.
@@ -15,13 +16,13 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from tinygnet.demo import gradflow, gradflow_plots, gradflow_runs, gradflow_stats
 from tinygnet.data import Normalize
+from tinygnet.demo import gradflow, gradflow_plots, gradflow_runs, gradflow_stats
 from tinygnet.demo.common import TrainingDiverged
+from tinygnet.demo.gradflow_runs import Config, build_models
 from tinygnet.demo.training import train_step
 from tinygnet.diagnostics import split_backward
 from tinygnet.optim import SGD
-from tinygnet.demo.gradflow_runs import Config, build_models
 
 TINY = ["--steps", "4", "--width", "0.0625", "--batch-size", "8", "--split-every", "2",
         "--test-images", "16", "--no-progress", "--no-download"]
