@@ -3,16 +3,20 @@ and the interleaved timing loop they share.
 
 One step: forward, the combined loss (main + 0.3 * aux, label smoothing 0.1),
 backward and an SGD update (momentum, Nesterov, weight decay), on a fixed
-random batch already on ``device``. Import after the thread pools are sized.
+random batch already on ``device``. tinygnet's is the CIFAR demo's own step,
+``tinygnet.demo.training.train_step``, so what is timed is what the demo runs;
+the PyTorch step is written in the same order (the last step's gradients are
+dropped after the forward pass, as in the demo). Each step sets training mode
+itself, so a test in eval mode between two timed steps cannot change what is
+timed. Import after the thread pools are sized.
 """
 import time
 
 import numpy as np
 
 from tinygnet import backend
-from tinygnet.models import googlenet_loss
+from tinygnet.demo.training import train_step
 from tinygnet.optim import SGD
-from tinygnet.tensor import Tensor
 
 NUM_CLASSES = 10
 SGD_OPTIONS = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -27,29 +31,28 @@ def data(batch, seed=0):
 
 
 def tinygnet_train_step(model, batch, device="cpu"):
-    model.train()
     optimizer = SGD(model.parameters(), **SGD_OPTIONS)
     x, y = data(batch)
-    x = Tensor(backend.to_device(x, device))   # labels stay on the host: no GPU sync in the loss
+    x = backend.to_device(x, device)   # labels stay on the host: no GPU sync in the loss
 
     def step():
-        optimizer.zero_grad()
-        googlenet_loss(model(x), y, **LOSS_OPTIONS).total.backward()
-        optimizer.step()
+        model.train()
+        train_step(model, x, y, optimizer, device, **LOSS_OPTIONS)
     return step
 
 
 def torch_train_step(model, batch, device="cpu"):
     import torch
     import torch_googlenet
-    model.train()
     optimizer = torch.optim.SGD(model.parameters(), **SGD_OPTIONS)
     x, y = data(batch)
     x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
     def step():
+        model.train()
+        loss = torch_googlenet.googlenet_loss(model(x), y, **LOSS_OPTIONS)
         optimizer.zero_grad(set_to_none=True)
-        torch_googlenet.googlenet_loss(model(x), y, **LOSS_OPTIONS).backward()
+        loss.backward()
         optimizer.step()
     return step
 

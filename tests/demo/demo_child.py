@@ -10,8 +10,11 @@ Used by the demo tests; CIFAR-10 there is a tiny fake with PER_BATCH images per 
         run ended before its i-th write step).
 
     python demo_child.py signal-at-step PER_BATCH STEP SIGNAL[xN] -- ARGV...
-        Run the demo and send this process SIGNAL (e.g. SIGTERM; SIGTERMx2: twice in a row)
-        after its STEP-th optimiser step; exits with the demo's exit status.
+        Run the demo and send this process SIGNAL (e.g. SIGTERM; SIGTERMx2: twice in a row;
+        SIGKILL) after its STEP-th optimiser step; exits with the demo's exit status.
+
+    python demo_child.py gradflow-signal-at-step PER_BATCH STEP SIGNAL[xN] -- ARGV...
+        The same with the gradflow demo.
 
 Plots are drawn by ``fake_plots``: matplotlib takes half a second a figure, and what these
 tests check is where the writes fall, not the pictures. Forking saves every child the imports
@@ -26,7 +29,7 @@ import matplotlib.figure  # noqa: F401  (imported once here, inherited by every 
 import tinygnet.checkpoint
 import tinygnet.data.cifar
 import tinygnet.optim
-from tinygnet.demo import cifar, run
+from tinygnet.demo import cifar, gradflow, run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -63,7 +66,7 @@ def kill_each(points, outroot, argv):
     return 0
 
 
-def signal_at_step(step, signum, times, argv):
+def signal_at_step(step, signum, times, argv, demo=cifar):
     real_step, count = tinygnet.optim.Optimizer.step, [0]
 
     def step_then_signal(self):
@@ -74,7 +77,7 @@ def signal_at_step(step, signum, times, argv):
                 os.kill(os.getpid(), signum)
 
     tinygnet.optim.Optimizer.step = step_then_signal
-    return cifar.main(argv)
+    return demo.main(argv)
 
 
 def main():
@@ -84,9 +87,10 @@ def main():
     run.Trainer.write_plots = fake_plots
     if mode == "kill-each":
         return kill_each([int(i) for i in first.split(",")], second, argv)
-    if mode == "signal-at-step":
+    if mode in ("signal-at-step", "gradflow-signal-at-step"):
         name, _, times = second.partition("x")
-        return signal_at_step(int(first), signal.Signals[name], int(times or 1), argv)
+        demo = gradflow if mode.startswith("gradflow") else cifar
+        return signal_at_step(int(first), signal.Signals[name], int(times or 1), argv, demo)
     raise SystemExit(f"unknown mode {mode!r}")
 
 

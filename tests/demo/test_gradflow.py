@@ -1,4 +1,5 @@
-"""The gradflow demo: its flags, the grid of runs, and every output written and consistent.
+"""The gradflow demo: its flags, the grid of runs, every output written and consistent, and a
+stopped experiment kept and resumed.
 
 Runs on tiny synthetic data in the official CIFAR-10 format, with a
 network narrow enough that a step takes milliseconds.
@@ -6,18 +7,28 @@ network narrow enough that a step takes milliseconds.
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import warnings
 from collections import defaultdict
 
 import numpy as np
 import pytest
 
-from tinygnet.demo import gradflow
+from tinygnet.data import Normalize
+from tinygnet.demo import gradflow, gradflow_plots, gradflow_runs, gradflow_stats
 from tinygnet.demo.common import TrainingDiverged
-from tinygnet.demo.gradflow import Config, build_models
+from tinygnet.demo.gradflow_runs import Config, build_models
+from tinygnet.demo.training import train_step
+from tinygnet.diagnostics import split_backward
+from tinygnet.optim import SGD
 
 TINY = ["--steps", "4", "--width", "0.0625", "--batch-size", "8", "--split-every", "2",
         "--test-images", "16", "--no-progress", "--no-download"]
 TRUNK_START = ["conv1", "conv2_reduce", "conv2"]
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_child.py")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture
@@ -87,10 +98,39 @@ def test_both_runs_start_from_the_same_weights(init):
     assert not np.array_equal(other.conv1.weight.numpy(), without_aux.conv1.weight.numpy())
 
 
+def test_a_step_whose_backward_splits_the_heads_updates_as_the_plain_step_does():
+    """gradflow's step is training.train_step with its backward replaced by split_backward,
+    which must leave in .grad the gradient of the total loss, exactly once."""
+    settings = config(width=0.0625, dropout=0.0, aux_dropout=0.0)
+    plain, split = (build_models(settings, "xavier", seed=2)[0] for _ in range(2))
+    before = {name: p.numpy().copy() for name, p in plain.named_parameters()}
+    images, labels = random_data(n=8, seed=5)
+    x = Normalize()(images)
+    calls = []
+
+    def backward(losses):
+        calls.append(losses)
+        terms = {"main": (losses.main, 1.0), "aux1": (losses.aux1, 0.3), "aux2": (losses.aux2, 0.3)}
+        split_backward(split, terms)
+
+    for model, hook in ((plain, None), (split, backward)):
+        model.train()
+        optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9)
+        losses, outputs = train_step(model, x, labels, optimizer, "cpu", aux_weight=0.3,
+                                     backward=hook)
+        assert outputs.aux1 is not None and losses.aux1 is not None
+    assert len(calls) == 1
+    for name in ("conv1.weight", "fc.weight", "aux1.fc2.weight", "aux2.fc2.weight"):
+        assert not np.array_equal(before[name], dict(plain.named_parameters())[name].numpy())
+    for name, p in split.named_parameters():
+        expected = dict(plain.named_parameters())[name].numpy()
+        np.testing.assert_allclose(p.numpy(), expected, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
 def test_same_seed_same_numbers_and_the_heads_reach_only_below_them():
     settings = config(steps=3, width=0.0625, batch_size=8, split_every=2, test_images=0,
                       dropout=0.0, aux_dropout=0.0, init=("xavier",), seeds=1)
-    first, second = (gradflow.run_experiment(settings, random_data(), progress=False,
+    first, second = (gradflow_runs.run_experiment(settings, random_data(), progress=False,
                                              log=lambda *a: None) for _ in range(2))
     assert set(first) == {("xavier", "aux", 0), ("xavier", "no_aux", 0)}
     for key in first:
@@ -110,7 +150,7 @@ def test_a_diverging_run_stops_at_once_and_says_so(fake_cifar, tmp_path, capsys)
                       init=("he",), seeds=1, lr=1e6)
     with np.errstate(all="ignore"), pytest.raises(TrainingDiverged,
                                                   match="'he, with aux heads, seed 0' diverged"):
-        gradflow.run_experiment(settings, random_data(), progress=False, log=lambda *a: None)
+        gradflow_runs.run_experiment(settings, random_data(), progress=False, log=lambda *a: None)
     out = tmp_path / "out"
     status = gradflow.main(["--data", fake_cifar, "--out", str(out), "--lr", "1e4",
                             "--init", "xavier,he"] + TINY)
@@ -120,7 +160,7 @@ def test_a_diverging_run_stops_at_once_and_says_so(fake_cifar, tmp_path, capsys)
                           "seed 0' diverged: the loss is nan")
     assert "at step 2 of 4; stopped. Try a smaller --lr (this run: 10000)" in err
     assert err.count("\n") == 1 and "Warning" not in err
-    assert os.listdir(out) == ["config.json"]
+    assert sorted(os.listdir(out)) == ["config.json", "gradflow_runs.npz"]
 
 
 def test_an_existing_run_is_refused_unless_overwrite(fake_cifar, tmp_path, capsys):
@@ -145,7 +185,7 @@ def test_the_seed_sets_the_order_of_the_batches():
     settings = config(batch_size=8)
 
     def first_labels(seed, n=6):
-        stream = gradflow.batches(images, labels, settings, seed)
+        stream = gradflow_runs.batches(images, labels, settings, seed)
         return np.concatenate([next(stream)[1] for _ in range(n)])      # 6 batches: past an epoch
     np.testing.assert_array_equal(first_labels(0), first_labels(0))
     assert not np.array_equal(first_labels(0), first_labels(1))
@@ -153,17 +193,17 @@ def test_the_seed_sets_the_order_of_the_batches():
 
 # --------------------------------------------------------------------------- derived numbers
 def test_smoothing_profiles_and_spread():
-    np.testing.assert_allclose(gradflow.smooth(np.arange(5.0), 2), [0, 0.5, 1.5, 2.5, 3.5])
-    result = gradflow.RunResult("he", "aux", 0, ["conv1", "fc", "aux1", "aux2"], None,
+    np.testing.assert_allclose(gradflow_stats.smooth(np.arange(5.0), 2), [0, 0.5, 1.5, 2.5, 3.5])
+    result = gradflow_runs.RunResult("he", "aux", 0, ["conv1", "fc", "aux1", "aux2"], None,
                                 np.array([[1.0, 4.0, 9.0, 9.0], [3.0, 4.0, 9.0, 9.0]]), [], None, 0)
     assert result.trunk == ["conv1", "fc"]
-    np.testing.assert_allclose(gradflow.profile(result, [0]), [0.25, 1.0])
-    np.testing.assert_allclose(gradflow.profile(result, [0, 1]), [0.5, 1.0])
-    stats = gradflow.spread([[1.0, 5.0], [3.0, 2.0]])
+    np.testing.assert_allclose(gradflow_stats.profile(result, [0]), [0.25, 1.0])
+    np.testing.assert_allclose(gradflow_stats.profile(result, [0, 1]), [0.5, 1.0])
+    stats = gradflow_stats.spread([[1.0, 5.0], [3.0, 2.0]])
     np.testing.assert_allclose(stats["mean"], [2.0, 3.5])
     np.testing.assert_allclose(stats["min"], [1.0, 2.0])
     np.testing.assert_allclose(stats["max"], [3.0, 5.0])
-    assert config(steps=200).window == 20 and list(gradflow.late_steps(config(steps=200))) == \
+    assert config(steps=200).window == 20 and list(gradflow_stats.late_steps(config(steps=200))) == \
         list(range(180, 200))
 
 
@@ -250,3 +290,142 @@ def test_missing_data_fails_cleanly(tmp_path, capsys):
     assert status == 1
     err = capsys.readouterr().err
     assert "error" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- stop and resume
+def untimed_rows(path):
+    """gradflow.csv without its wall-clock rows (train_seconds)."""
+    return [row for row in read_csv(path) if row["quantity"] != "train_seconds"]
+
+
+@pytest.fixture
+def fast_figures(monkeypatch):
+    """The three figures as small stand-in files: these tests are about runs, not pictures."""
+    def stand_in(results, config, path):
+        with open(path, "wb") as f:
+            f.write(b"figure")
+    for name in ("plot_gradflow", "plot_training", "plot_split"):
+        monkeypatch.setattr(gradflow, name, stand_in)
+
+
+def stop_child(data, signal_name, step, out):
+    """The gradflow demo in a child process, sent ``signal_name`` after optimiser step ``step``.
+
+    The experiment: four runs of 4 steps (xavier; seeds 0 and 1, each with and without the
+    aux heads, in that order), 16 steps in all."""
+    argv = ["--data", data, "--init", "xavier", "--seeds", "2", "--device", "cpu"] + TINY
+    child = subprocess.run([sys.executable, CHILD, "gradflow-signal-at-step", "16", str(step),
+                            signal_name, "--", *argv, "--out", str(out)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in child.stdout + child.stderr
+    return child, argv
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_finished_runs_and_says_how_to_continue(fake_cifar, tmp_path, capsys):
+    stopped = tmp_path / "stopped"
+    child, argv = stop_child(fake_cifar, "SIGTERM", 10, stopped)      # inside the third run
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr
+    assert child.stderr.endswith(
+        f"python -m tinygnet.demo gradflow: stopped; 2 of 4 runs finished, kept in "
+        f"{stopped / 'gradflow_runs.npz'}. Continue with:\n"
+        f"  python -m tinygnet.demo gradflow --resume {stopped}\n")
+    _, kept = gradflow_runs.load_runs(stopped / "gradflow_runs.npz")
+    assert list(kept) == [("xavier", "aux", 0), ("xavier", "no_aux", 0)]
+    assert sorted(os.listdir(stopped)) == ["config.json", "gradflow_runs.npz"]
+    # A rerun into the folder is refused, and points at --resume.
+    assert gradflow.main(argv + ["--out", str(stopped)]) == 2
+    assert f"continue it with --resume {stopped}, start it over" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_ends_as_if_never_stopped(fake_cifar, tmp_path, capsys, fast_figures):
+    stopped, uninterrupted = tmp_path / "stopped", tmp_path / "uninterrupted"
+    # Killed inside the last run (seed 1 without aux heads), its twin with them kept: the run
+    # trained after the restart must not depend on what the process did before it.
+    child, argv = stop_child(fake_cifar, "SIGKILL", 14, stopped)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    _, kept = gradflow_runs.load_runs(stopped / "gradflow_runs.npz")
+    assert len(kept) == 3
+    assert gradflow.main(["--resume", str(stopped), "--steps", "5"]) == 2
+    assert "these options differ from them: --steps 5 (saved: 4)" in capsys.readouterr().err
+
+    assert gradflow.main(["--resume", str(stopped), "--no-progress", "--data", fake_cifar]) == 0
+    resumed = capsys.readouterr().out
+    assert f"resuming {stopped}: 3 of 4 runs finished and kept, 1 to train" in resumed
+    assert resumed.count("kept from the interrupted experiment") == 3
+    assert "4 runs (3 kept, 1 trained in" in resumed
+    assert gradflow.main(argv + ["--out", str(uninterrupted)]) == 0
+    assert untimed_rows(stopped / "gradflow.csv") == untimed_rows(uninterrupted / "gradflow.csv")
+    _, runs = gradflow_runs.load_runs(stopped / "gradflow_runs.npz")
+    assert [r.seconds for r in runs.values()][:3] == [r.seconds for r in kept.values()]
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
+    folder = tmp_path / "run"
+    gradflow_runs.save_runs(folder / "gradflow_runs.npz", config(out=str(folder)), {})
+    for argv, status, message in [
+            (["--resume", ""], 2, "--resume needs the folder of a stopped experiment"),
+            (["--resume", str(tmp_path / "none")], 1, f"cannot resume: {tmp_path / 'none'} is "
+                                                       f"not a folder"),
+            (["--resume", str(tmp_path)], 1, f"cannot resume: {tmp_path} holds no gradflow "
+                                             f"experiment (no gradflow_runs.npz)"),
+            (["--resume", str(folder), "--overwrite"], 2, "--overwrite would delete the experiment"),
+            (["--resume", str(folder), "--out", str(tmp_path / "other")], 2,
+             "--resume continues the experiment in its own folder"),
+            (["--resume", str(folder), "--init", "he,xavier", "--quick"], 2,
+             "differ from them: --init he,xavier (saved: gaussian,xavier,he), --quick (the saved "
+             "experiment is not a quick one)")]:
+        assert gradflow.main(argv + ["--device", "cpu"]) == status, argv
+        err = capsys.readouterr().err
+        assert err.startswith("python -m tinygnet.demo gradflow: error: ") and message in err, err
+        assert err.count("\n") == 1
+
+
+def test_each_run_is_kept_as_it_ends_loads_back_exactly_and_is_not_trained_again(tmp_path,
+                                                                                 monkeypatch):
+    settings = config(steps=3, width=0.0625, batch_size=8, split_every=2, test_images=0,
+                      init=("he",), seeds=1)
+    path = tmp_path / "gradflow_runs.npz"
+    kept = []
+
+    def keep(results):
+        kept.append(list(results))
+        gradflow_runs.save_runs(path, settings, results)
+    results = gradflow_runs.run_experiment(settings, random_data(), progress=False,
+                                           log=lambda *a: None, keep=keep)
+    assert kept == [[("he", "aux", 0)], [("he", "aux", 0), ("he", "no_aux", 0)]]
+    saved_config, loaded = gradflow_runs.load_runs(path)
+    assert Config(**saved_config) == settings
+    assert list(loaded) == list(results)
+    for key, result in results.items():
+        back = loaded[key]
+        np.testing.assert_array_equal(back.losses, result.losses)        # NaN where no aux
+        np.testing.assert_array_equal(back.grad_norms, result.grad_norms)
+        assert (back.layers, back.test_acc, back.seconds) == \
+            (result.layers, result.test_acc, result.seconds)
+        assert [step for step, _ in back.splits] == [step for step, _ in result.splits]
+        for (_, got), (_, expected) in zip(back.splits, result.splits):
+            assert list(got) == list(expected)
+            for layer in expected:
+                assert str(got[layer]) == str(expected[layer])
+                np.testing.assert_equal(vars(got[layer]), vars(expected[layer]))  # NaN == NaN
+    assert len(results["he", "aux", 0].splits) == 2
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a kept run was trained again")
+    monkeypatch.setattr(gradflow_runs, "train_run", no_training)
+    again = gradflow_runs.run_experiment(settings, random_data(), progress=False,
+                                         log=lambda *a: None, finished=loaded)
+    assert list(again) == list(results) and all(again[k] is loaded[k] for k in loaded)
+
+
+def test_the_accuracy_panel_without_a_test_says_so_without_a_warning(tmp_path):
+    settings = config(steps=2, width=0.0625, batch_size=8, split_every=1, test_images=0,
+                      init=("he",), seeds=1)
+    results = gradflow_runs.run_experiment(settings, random_data(), progress=False,
+                                           log=lambda *a: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gradflow_plots.plot_training(results, settings, tmp_path / "training.png")
+    assert (tmp_path / "training.png").stat().st_size > 0

@@ -17,11 +17,12 @@ weights and see the same batches:
   (a) with the aux heads, loss = main + aux_weight * (aux1 + aux2);
   (b) without them (the same weights minus the two heads), loss = main.
 
-Every step records each layer's gradient norm (``tinygnet.diagnostics``);
-every ``--split-every`` steps run (a) backpropagates its three losses one
-at a time to see how much of each layer's gradient comes from each head.
-After training, each run's main head is scored on ``--test-images`` test
-images. With several seeds, the plots show the mean and the range (min to
+Each run trains with the CIFAR demo's step (``training.train_step``). Every
+step records each layer's gradient norm (``tinygnet.diagnostics``); every
+``--split-every`` steps run (a) backpropagates its three losses one at a
+time to see how much of each layer's gradient comes from each head. After
+training, each run's main head is scored on ``--test-images`` test images
+(``training.evaluate``). With several seeds, the plots show the mean and the range (min to
 max) over seeds: one seed cannot tell a difference of a point from noise.
 
 Outputs in ``--out``:
@@ -37,7 +38,17 @@ Outputs in ``--out``:
 * ``gradflow.csv``: every number behind the plots, one per row
   (``init, run, seed, step, quantity, layer, value``; the plotted means and
   ranges over seeds have seed ``mean``, ``min`` or ``max``);
+* ``gradflow_runs.npz``: the configuration and every finished run's
+  measurements, rewritten (atomically) as each run ends;
 * ``config.json``; and a summary printed at the end.
+
+A stopped experiment (Ctrl-C, SIGTERM, ``kill -9``, a power cut) loses only
+the run it was in: ``--resume OUT`` trains the runs not yet finished, with
+the saved settings, and writes the outputs as an uninterrupted experiment
+would have (every run starts from its own seeds, so a run trained after the
+restart is the same run). The code: this file is the command line and the
+order of things; ``gradflow_runs.py`` the runs, ``gradflow_stats.py`` the
+numbers made of them (CSV, summary), ``gradflow_plots.py`` the figures.
 
 Defaults (sized to stay under 15 minutes on an idle 2-core CPU; the README
 gives the time measured there): a network at an eighth of the paper's width
@@ -49,29 +60,25 @@ stays small), 300 steps per run, the three initialisations, 2 seeds.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
-import math
 import os
+import shlex
 import sys
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .. import backend
-from ..data import CIFAR10, DataLoader, DatasetError, Normalize, resolve_data_root
-from ..diagnostics import GradientMonitor, split_backward
-from ..models import INITS, GoogLeNet, googlenet_loss
-from ..optim import SGD
-from ..tensor import Tensor, no_grad
+from ..checkpoint import CheckpointError
+from ..data import CIFAR10, DatasetError, resolve_data_root
+from ..models import INITS
 from .common import (TrainingDiverged, UsageError, check_out_folder, claim_out_folder,
-                     default_out_folder, describe_loss, exit_status, momentum_factor,
-                     non_negative_float, non_negative_int, positive_float, positive_int,
-                     probability, resolve_device, sigterm_interrupts, write_text)
-from .plots import new_figure, save_figure
+                     default_out_folder, exit_status, momentum_factor, non_negative_float,
+                     non_negative_int, positive_float, positive_int, probability, resolve_device,
+                     sigterm_interrupts, write_text)
+from .gradflow_plots import plot_gradflow, plot_split, plot_training
+from .gradflow_runs import Config, load_runs, run_experiment, save_runs
+from .gradflow_stats import plural, summary_lines, write_csv
 
 PROG = "python -m tinygnet.demo gradflow"
 
@@ -80,13 +87,9 @@ DEFAULTS = dict(init=("gaussian", "xavier", "he"), seeds=2, seed=0, steps=300, b
                 aux_dropout=0.7, split_every=25, test_images=1000, train_images=None)
 QUICK_OVERRIDES = dict(steps=24, batch_size=32, width=0.0625, seeds=1, split_every=8,
                        test_images=256, train_images=2048)
-RUNS = ("aux", "no_aux")
-RUN_LABELS = {"aux": "with aux heads", "no_aux": "without aux heads"}
-AUX_HEADS = ("aux1", "aux2")                # GoogLeNet's auxiliary heads: top-level layers
-HEADS = ("main",) + AUX_HEADS               # the three terms of the loss
-FIRST, LAST = "conv1", "fc"                 # the ends of the network, input and output
+RUNS_FILE = "gradflow_runs.npz"     # every finished run, kept as each one ends
 OUTPUTS = ("gradflow.png", "gradflow_training.png", "gradflow_split.png", "gradflow.csv",
-           "config.json")                  # in --out
+           RUNS_FILE, "config.json")   # in --out
 
 EXIT_FAILURE = 1          # data or file errors, and a diverged run
 EXIT_USAGE = 2
@@ -112,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "without the auxiliary heads from the same initial weights, and measure "
                     "the gradient reaching each layer.",
         epilog="Outputs in --out: gradflow.png, gradflow_training.png, gradflow_split.png, "
-               "gradflow.csv, config.json.")
+               "gradflow.csv, gradflow_runs.npz (the finished runs), config.json. Stopped "
+               "(Ctrl-C, SIGTERM, kill -9), an experiment keeps its finished runs: continue it "
+               "with --resume OUT.")
     d = DEFAULTS
 
     def add(name, help, default_text=None, **kwargs):
@@ -161,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="never download CIFAR-10; fail if it is not found")
     parser.add_argument("--out", metavar="DIR",
                         help="output folder (default: runs/gradflow-DATE-TIME)")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="continue the stopped experiment in DIR with its own settings: its "
+                             "finished runs are kept, the others trained")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in an --out that holds an earlier run, replacing its "
                              "outputs (without it, such an --out is refused)")
@@ -169,517 +177,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclasses.dataclass
-class Config:
-    init: tuple
-    seeds: int
-    seed: int
-    steps: int
-    batch_size: int
-    width: float
-    stem_stride: int
-    lr: float
-    momentum: float
-    aux_weight: float
-    dropout: float
-    aux_dropout: float
-    split_every: int
-    train_images: int | None
-    test_images: int
-    device: str
-    data: str
-    download: bool
-    out: str
-    quick: bool
-
-    @property
-    def window(self) -> int:
-        """Steps averaged for "the end of training" and for smoothing (single steps are noisy)."""
-        return max(1, self.steps // 10)
-
-    @property
-    def seed_list(self) -> list:
-        return list(range(self.seed, self.seed + self.seeds))
-
 
 def resolve_config(args) -> Config:
     """DEFAULTS, then --quick's overrides, then the flags given."""
     values = dict(DEFAULTS)
     if args.quick:
         values.update(QUICK_OVERRIDES)
-    values.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
+    values.update(_given(args))
     return Config(**values, device=resolve_device(args.device), data=resolve_data_root(args.data),
                   download=args.download, quick=args.quick,
                   out=args.out or default_out_folder("gradflow"))
 
 
-# ==========================================================================
-# The experiment
-# ==========================================================================
-@dataclasses.dataclass
-class RunResult:
-    """What one run measured. Rows of ``grad_norms`` are steps, columns ``layers``."""
-    init: str
-    run: str                    # "aux" or "no_aux"
-    seed: int
-    layers: list                # network order; the aux heads last, in run (a) only
-    losses: np.ndarray          # steps x 4: total, main, aux1, aux2 (NaN when absent)
-    grad_norms: np.ndarray      # steps x layers: ||g|| of each layer's parameters
-    splits: list                # [(step, {layer: LayerSplit})], run (a) only
-    test_acc: float | None
-    seconds: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.init}, {RUN_LABELS[self.run]}, seed {self.seed}"
-
-    def norms(self, layer) -> np.ndarray:
-        """The gradient norm of ``layer`` at every step."""
-        return self.grad_norms[:, self.layers.index(layer)]
-
-    @property
-    def trunk(self) -> list:
-        return [layer for layer in self.layers if layer not in AUX_HEADS]
+def _given(args) -> dict:
+    """The experiment's settings given on the command line (argparse leaves the others None)."""
+    return {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
 
 
-def build_models(config: Config, init: str, seed: int):
-    """Two networks with the same initial weights: (a) with aux heads, (b) without."""
-    backend.manual_seed(seed)
-    options = dict(num_classes=10, config="cifar", width=config.width, batchnorm=False,
-                   stem_stride=config.stem_stride, dropout=config.dropout,
-                   aux_dropout=config.aux_dropout, init=init)
-    with_aux = GoogLeNet(aux=True, **options)
-    without_aux = GoogLeNet(aux=False, **options)
-    heads = tuple(f"{name}." for name in AUX_HEADS)
-    state = {k: v for k, v in with_aux.state_dict().items() if not k.startswith(heads)}
-    without_aux.load_state_dict(state)          # strict: every trunk weight copied
-    return with_aux.to(config.device), without_aux.to(config.device)
+def config_for_resume(args, saved: dict) -> Config:
+    """The stopped experiment's configuration; flags that would change its results are refused.
 
-
-def train_run(model, init: str, run: str, seed: int, config: Config, images, labels,
-              progress=True) -> RunResult:
-    """``config.steps`` steps of SGD, recording losses and per-layer gradient norms each step."""
-    xp = backend.cupy_or_none() if config.device != "cpu" else np
-    aux = run == "aux"
-    # The same dropout stream to start with. Run (a)'s aux heads draw their masks from it
-    # too, so with dropout on the two runs' masks differ from the first step.
-    backend.manual_seed(seed + 1)
-    optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    monitor = GradientMonitor(model)
-    trunk = [layer for layer in dict.fromkeys(monitor.layers) if layer not in AUX_HEADS]
-    label = f"{init}, {RUN_LABELS[run]}, seed {seed}"
-    model.train()
-    losses, splits = [], []
-    started = time.perf_counter()
-    bar = tqdm(total=config.steps, desc=label, unit="step", leave=False, disable=not progress,
-               dynamic_ncols=True)
-    with bar:
-        for step, (batch, y) in zip(range(config.steps), batches(images, labels, config, seed)):
-            x = Tensor(backend.to_device(batch, config.device))          # N x 3 x 32 x 32
-            y = backend.to_device(y, config.device)                       # N
-            parts = googlenet_loss(model(x), y, aux_weight=config.aux_weight)
-            optimizer.zero_grad()
-            if aux and step % config.split_every == 0:
-                terms = {"main": (parts.main, 1.0), "aux1": (parts.aux1, config.aux_weight),
-                         "aux2": (parts.aux2, config.aux_weight)}
-                splits.append((step, split_backward(model, terms, trunk)))
-            else:
-                parts.total.backward()
-            monitor.record(step)
-            optimizer.step()
-            nan = xp.asarray(math.nan, dtype=parts.main.dtype)
-            losses.append(xp.stack([nan if p is None else p.data for p in parts]))
-            if not math.isfinite(float(parts.total.item())):     # a host sync, as record()'s
-                values = [None if p is None else float(p.item()) for p in parts]
-                raise TrainingDiverged(f"run {label!r} diverged: the loss is "
-                                       f"{describe_loss(values)} at step {step + 1} of {config.steps}")
-            if step % 10 == 0 or step == config.steps - 1:
-                bar.set_postfix_str(f"loss {float(parts.total.item()):.3f}", refresh=False)
-            bar.update()
-    seconds = time.perf_counter() - started
-    losses = backend.to_numpy(xp.stack(losses)).astype(np.float64)
-    layers = list(monitor.history[0].by_layer())
-    tables = [record.by_layer() for record in monitor.history]
-    grad_norms = np.array([[t[layer]["grad_norm"] for layer in layers] for t in tables])
-    return RunResult(init, run, seed, layers, losses, grad_norms, splits, None, seconds)
-
-
-def batches(images, labels, config: Config, seed: int):
-    """Shuffled batches forever, epoch after epoch, in an order set by ``seed``."""
-    loader = DataLoader((images, labels), config.batch_size, shuffle=True, augment=False,
-                        seed=seed, drop_last=True)
-    while True:
-        yield from loader
-
-
-def evaluate_accuracy(model, config: Config, images, labels) -> float:
-    """Accuracy of the main head, eval mode, on ``images`` (uint8, unaugmented)."""
-    model.eval()
-    normalise = Normalize()          # the DataLoader's normalisation
-    correct = 0
-    with no_grad():
-        for start in range(0, len(labels), 256):
-            x = Tensor(backend.to_device(normalise(images[start:start + 256]), config.device))
-            predicted = backend.to_numpy(model(x).data.argmax(axis=1))
-            correct += int((predicted == labels[start:start + 256]).sum())
-    model.train()
-    return correct / max(len(labels), 1)
-
-
-def run_experiment(config: Config, train, test=None, progress=True, log=print) -> dict:
-    """Every run of the grid; returns {(init, run, seed): RunResult}.
-
-    Raises ``TrainingDiverged`` as soon as a run's loss is not finite.
+    The device, the data folder, downloading and progress bars may change:
+    they do not decide what a run computes (a device, only its rounding).
     """
-    images, labels = train
-    results = {}
-    for seed in config.seed_list:
-        for init in config.init:
-            models = build_models(config, init, seed)
-            for run, model in zip(RUNS, models):
-                result = train_run(model, init, run, seed, config, images, labels,
-                                   progress=progress)
-                if test is not None and config.test_images > 0:
-                    result.test_acc = evaluate_accuracy(model, config, *test)
-                accuracy = "" if result.test_acc is None else f", test accuracy {result.test_acc:.1%}"
-                log(f"{result.label}: {config.steps} steps in {result.seconds:.1f} s, main loss "
-                    f"{result.losses[-1, 1]:.3f}{accuracy}")
-                results[init, run, seed] = result
-    return results
+    if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
+        raise UsageError("--resume continues the experiment in its own folder; leave out --out")
+    if args.overwrite:
+        raise UsageError(f"--overwrite would delete the experiment that --resume continues "
+                         f"({args.resume}); leave it out")
+    try:
+        config = Config(**saved)
+    except TypeError as error:
+        raise CheckpointError(f"{args.resume}: its configuration does not fit this version of the "
+                              f"demo ({error})") from None
+    conflicts = [f"--{name.replace('_', '-')} {_flag_text(value)} "
+                 f"(saved: {_flag_text(getattr(config, name))})"
+                 for name, value in _given(args).items() if value != getattr(config, name)]
+    if args.quick and not config.quick:
+        conflicts.append("--quick (the saved experiment is not a quick one)")
+    if conflicts:
+        raise UsageError(f"--resume continues the experiment with its own settings; these "
+                         f"options differ from them: {', '.join(conflicts)}")
+    config.device = resolve_device(args.device)
+    if args.data is not None:
+        config.data = resolve_data_root(args.data)
+    config.download = args.download
+    config.out = args.resume
+    return config
 
 
-# ==========================================================================
-# Measurements derived from the runs
-# ==========================================================================
-def late_steps(config: Config) -> range:
-    """"The end of training": the last ``window`` steps."""
-    return range(max(0, config.steps - config.window), config.steps)
+def _flag_text(value) -> str:
+    """A setting as it is written on the command line (initialisations joined by commas)."""
+    return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
-def smooth(values, window):
-    """Moving average over ``window`` steps (shorter at the start)."""
-    cumulative = np.concatenate([[0.0], np.cumsum(values)])
-    steps = np.arange(1, len(values) + 1)
-    start = np.maximum(0, steps - window)
-    return (cumulative[steps] - cumulative[start]) / (steps - start)
-
-
-def profile(result: RunResult, steps) -> np.ndarray:
-    """Each trunk layer's gradient norm over fc's: the means over ``steps`` divided."""
-    means = result.grad_norms[list(steps)].mean(axis=0)
-    return np.array([means[result.layers.index(layer)] for layer in result.trunk]) / \
-        means[result.layers.index(LAST)]
-
-
-def first_over_last(result: RunResult, config: Config) -> np.ndarray:
-    """conv1's gradient norm over fc's at every step, smoothed over ``window`` steps."""
-    return smooth(result.norms(FIRST) / result.norms(LAST), config.window)
-
-
-def aux_share(split: dict, layer=FIRST) -> float:
-    """The part of ``layer``'s gradient that the aux heads supply (their shares added)."""
-    return sum(split[layer].shares[head] for head in AUX_HEADS)
-
-
-def spread(values) -> dict:
-    """Mean, min and max over seeds (arrays: elementwise)."""
-    stacked = np.array(values, dtype=np.float64)
-    return {"mean": stacked.mean(axis=0), "min": stacked.min(axis=0), "max": stacked.max(axis=0)}
-
-
-def over_seeds(results, config: Config, init, run, measure) -> dict:
-    """``spread`` of ``measure(result)`` over the seeds of one (init, run) cell."""
-    return spread([measure(results[init, run, seed]) for seed in config.seed_list])
-
-
-def cell_summary(results, config: Config, init, run) -> dict:
-    """The numbers the summary and the README quote for one (init, run) cell, over seeds."""
-    late = late_steps(config)
-    first = range(0, config.window)
-
-    def at(steps, layer):
-        return lambda r: r.grad_norms[list(steps), r.layers.index(layer)].mean()
-
-    numbers = {
-        "first_over_last_step0": over_seeds(results, config, init, run,
-                                            lambda r: r.norms(FIRST)[0] / r.norms(LAST)[0]),
-        "first_over_last_late": over_seeds(results, config, init, run,
-                                           lambda r: at(late, FIRST)(r) / at(late, LAST)(r)),
-        "first_step0": over_seeds(results, config, init, run, lambda r: r.norms(FIRST)[0]),
-        "last_step0": over_seeds(results, config, init, run, lambda r: r.norms(LAST)[0]),
-        "loss_first": over_seeds(results, config, init, run,
-                                 lambda r: r.losses[list(first), 1].mean()),
-        "loss_late": over_seeds(results, config, init, run,
-                                lambda r: r.losses[list(late), 1].mean()),
-    }
-    if all(results[init, run, s].test_acc is not None for s in config.seed_list):
-        numbers["test_acc"] = over_seeds(results, config, init, run, lambda r: r.test_acc)
-    if run == "aux":
-        numbers["aux_share_step0"] = over_seeds(results, config, init, run,
-                                                lambda r: aux_share(r.splits[0][1]))
-        numbers["aux_share_late"] = over_seeds(
-            results, config, init, run,
-            lambda r: np.mean([aux_share(split) for _, split in late_splits(r.splits, config)]))
-    return numbers
-
-
-def late_splits(splits, config: Config) -> list:
-    """The splits of the second half of training (past the first steps' transient), at least one."""
-    late = [(step, split) for step, split in splits if step >= config.steps // 2]
-    return late or splits[-1:]
-
-
-# ==========================================================================
-# Outputs
-# ==========================================================================
-def csv_rows(results, config: Config):
-    """Every measured and plotted number as (init, run, seed, step, quantity, layer, value)."""
-    for (init, run, seed), r in results.items():
-        for step, parts in enumerate(r.losses):
-            for quantity, value in zip(("loss_total", "loss_main", "loss_aux1", "loss_aux2"), parts):
-                if not math.isnan(value):
-                    yield init, run, seed, step, quantity, "", value
-        for step in range(len(r.grad_norms)):
-            for k, layer in enumerate(r.layers):
-                yield init, run, seed, step, "grad_norm", layer, r.grad_norms[step, k]
-        for step, split in r.splits:
-            for layer, s in split.items():
-                yield init, run, seed, step, "split_total_norm", layer, s.total_norm
-                for head in s.norms:
-                    yield init, run, seed, step, f"split_norm_{head}", layer, s.norms[head]
-                    yield init, run, seed, step, f"split_share_{head}", layer, s.shares[head]
-                for pair, value in s.cosines.items():
-                    yield init, run, seed, step, f"split_cos_{pair.replace('/', '_')}", layer, value
-        if r.test_acc is not None:
-            yield init, run, seed, config.steps - 1, "test_acc", "", r.test_acc
-        yield init, run, seed, config.steps - 1, "train_seconds", "", r.seconds
-    yield from plotted_rows(results, config)
-
-
-def plotted_rows(results, config: Config):
-    """The plotted means and ranges over seeds (seed "mean", "min", "max")."""
-    late = late_steps(config)
-    for init in config.init:
-        for run in RUNS:
-            some = results[init, run, config.seed]
-            series = {
-                "profile_step0": (over_seeds(results, config, init, run,
-                                             lambda r: profile(r, [0])), some.trunk, None),
-                f"profile_steps_{late[0]}_{late[-1]}": (
-                    over_seeds(results, config, init, run, lambda r: profile(r, late)),
-                    some.trunk, None),
-                f"{FIRST}_over_{LAST}_smoothed": (
-                    over_seeds(results, config, init, run, lambda r: first_over_last(r, config)),
-                    None, range(config.steps)),
-                "loss_main_smoothed": (
-                    over_seeds(results, config, init, run,
-                               lambda r: smooth(r.losses[:, 1], config.window)),
-                    None, range(config.steps)),
-            }
-            if run == "aux":
-                steps = [step for step, _ in some.splits]
-                for head in HEADS:
-                    series[f"split_share_{head}_{FIRST}"] = (over_seeds(
-                        results, config, init, run,
-                        lambda r: [split[FIRST].shares[head] for _, split in r.splits]), None, steps)
-                    series[f"split_norm_{head}_step0"] = (over_seeds(
-                        results, config, init, run,
-                        lambda r: [r.splits[0][1][layer].norms[head] for layer in r.trunk]),
-                        some.trunk, None)
-            if some.test_acc is not None:
-                series["test_acc"] = (over_seeds(results, config, init, run,
-                                                 lambda r: [r.test_acc]), None, [config.steps - 1])
-            for quantity, (stats, layers, steps) in series.items():
-                for statistic, values in stats.items():
-                    for k, value in enumerate(values):
-                        layer = layers[k] if layers is not None else ""
-                        step = steps[k] if steps is not None else (0 if "step0" in quantity
-                                                                   else late[-1])
-                        yield init, run, statistic, step, quantity, layer, value
-
-
-def write_csv(results, config: Config, path) -> None:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["init", "run", "seed", "step", "quantity", "layer", "value"])
-    for init, run, seed, step, quantity, layer, value in csv_rows(results, config):
-        writer.writerow([init, run, seed, step, quantity, layer, f"{float(value):.6g}"])
-    write_text(path, text.getvalue())
-
-
-RUN_STYLE = {"aux": dict(color="C0", marker="o"), "no_aux": dict(color="C3", marker="s")}
-INIT_COLORS = {"gaussian": "C2", "xavier": "C1", "he": "C0"}
-
-
-def _band(axes, x, stats, color, **kwargs):
-    """The seeds' mean as a line, their range as a shaded band (when there is one)."""
-    line = axes.plot(x, stats["mean"], color=color, **kwargs)
-    if np.any(stats["max"] > stats["min"]):
-        axes.fill_between(x, stats["min"], stats["max"], color=color, alpha=0.15, linewidth=0)
-    return line
-
-
-def _per_layer_panel(axes, layers, title, ylabel):
-    """Finish a panel of one value per layer: network order on x, log scale on y."""
-    axes.set_yscale("log")
-    axes.set_xticks(np.arange(len(layers)), layers, rotation=60, ha="right")
-    axes.set(title=title, ylabel=ylabel)
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=7)
-
-
-def _seeds_note(config: Config) -> str:
-    if config.seeds == 1:
-        return f"seed {config.seed}"
-    return f"mean of {config.seeds} seeds, band: min to max"
-
-
-def plot_gradflow(results, config: Config, path) -> None:
-    """Per init: gradient per layer over fc's (step 0, end), and conv1's over fc's over training."""
-    late = late_steps(config)
-    n = len(config.init)
-    figure = new_figure(6 * n, 9)
-    axes = figure.subplots(2, n, squeeze=False, sharey="row")
-    for column, init in enumerate(config.init):
-        profiles, history = axes[0, column], axes[1, column]
-        trunk = results[init, "aux", config.seed].trunk
-        x = np.arange(len(trunk))
-        for run in RUNS:
-            style = RUN_STYLE[run]
-            for steps, dashes, when in [([0], "-", "step 0"),
-                                        (late, "--", f"steps {late[0]}-{late[-1]}")]:
-                stats = over_seeds(results, config, init, run, lambda r: profile(r, steps))
-                _band(profiles, x, stats, style["color"], linestyle=dashes, marker=style["marker"],
-                      markersize=3, label=f"{RUN_LABELS[run]}, {when}")
-            stats = over_seeds(results, config, init, run, lambda r: first_over_last(r, config))
-            _band(history, np.arange(config.steps), stats, style["color"], label=RUN_LABELS[run])
-        _per_layer_panel(profiles, trunk, f"init {init}: gradient norm per layer / fc's",
-                         "||g|| of the layer / ||g|| of fc" if column == 0 else None)
-        history.set_yscale("log")
-        history.set(xlabel="step", title=f"init {init}: {FIRST} / {LAST} over training "
-                    f"(mean of {config.window} steps)",
-                    ylabel=f"||g|| of {FIRST} / ||g|| of {LAST}" if column == 0 else None)
-        history.grid(alpha=0.3, which="both")
-        history.legend(fontsize=8)
-    figure.suptitle(f"GoogLeNet without batch norm, width {config.width}: does the gradient "
-                    f"reach the first layers? ({_seeds_note(config)})")
-    save_figure(figure, path)
-
-
-def plot_training(results, config: Config, path) -> None:
-    """The main loss over training per (init, run), and each run's test accuracy."""
-    figure = new_figure(14, 5)
-    loss, accuracy = figure.subplots(1, 2, width_ratios=[1.5, 1])
-    steps = np.arange(config.steps)
-    for init in config.init:
-        for run in RUNS:
-            stats = over_seeds(results, config, init, run,
-                               lambda r: smooth(r.losses[:, 1], config.window))
-            _band(loss, steps, stats, INIT_COLORS[init], linestyle="-" if run == "aux" else "--",
-                  label=f"{init}, {RUN_LABELS[run]}")
-    loss.axhline(math.log(10), color="gray", linewidth=1, linestyle=":")
-    loss.text(0, math.log(10), " ln 10: a uniform guess", va="bottom", fontsize=8, color="gray")
-    loss.set(xlabel="step", ylabel="main cross-entropy",
-             title=f"main training loss (mean of {config.window} steps; {_seeds_note(config)})")
-    loss.legend(fontsize=8)
-    loss.grid(alpha=0.3)
-
-    tested = [init for init in config.init
-              if all(results[init, run, s].test_acc is not None for run in RUNS
-                     for s in config.seed_list)]
-    for i, init in enumerate(tested):
-        for j, run in enumerate(RUNS):
-            values = [100 * results[init, run, s].test_acc for s in config.seed_list]
-            position = i + (j - 0.5) * 0.36
-            accuracy.bar(position, np.mean(values), width=0.34, color=INIT_COLORS[init],
-                         alpha=1.0 if run == "aux" else 0.45,
-                         label=RUN_LABELS[run] if i == 0 else None)
-            accuracy.plot([position] * len(values), values, "k.", markersize=5)
-    accuracy.axhline(10, color="gray", linewidth=1, linestyle=":")
-    accuracy.set_xticks(range(len(tested)), tested)
-    accuracy.set(ylabel="test accuracy (%)", title=f"test accuracy, main head, "
-                 f"{config.test_images} images\n(bars: mean; dots: seeds; dotted: chance)")
-    accuracy.legend(fontsize=8)
-    accuracy.grid(alpha=0.3, axis="y")
-    save_figure(figure, path)
-
-
-def plot_split(results, config: Config, path) -> None:
-    """Runs with aux heads: each head's gradient per layer at step 0, and its share at conv1."""
-    n = len(config.init)
-    figure = new_figure(6 * n, 9)
-    axes = figure.subplots(2, n, squeeze=False)
-    for column, init in enumerate(config.init):
-        per_layer, shares = axes[0, column], axes[1, column]
-        some = results[init, "aux", config.seed]
-        trunk = some.trunk
-        x = np.arange(len(trunk))
-        steps = [step for step, _ in some.splits]
-        for k, head in enumerate(HEADS):
-            weight = "" if head == "main" else f" x {config.aux_weight}"
-            stats = over_seeds(results, config, init, "aux",
-                               lambda r: [r.splits[0][1][layer].norms[head] for layer in trunk])
-            reached = {key: np.where(stats["mean"] > 0, value, np.nan)
-                       for key, value in stats.items()}
-            _band(per_layer, x, reached, f"C{k}", marker="o", markersize=3,
-                  label=f"{head}{weight}")
-            stats = over_seeds(results, config, init, "aux",
-                               lambda r: [100 * split[FIRST].shares[head] for _, split in r.splits])
-            _band(shares, steps, stats, f"C{k}", marker="o", markersize=3, label=head)
-        _per_layer_panel(per_layer, trunk, f"init {init}: gradient from each loss at step 0",
-                         "norm of the loss's gradient" if column == 0 else None)
-        shares.axhline(0, color="gray", linewidth=1)
-        shares.set(xlabel="step", title=f"init {init}: each loss's share of {FIRST}'s gradient",
-                   ylabel="share (%)" if column == 0 else None)
-        shares.grid(alpha=0.3)
-        shares.legend(fontsize=8)
-    figure.suptitle(f"where the gradient of the early layers comes from, runs with aux heads "
-                    f"(aux losses weighted by {config.aux_weight}; {_seeds_note(config)})")
-    save_figure(figure, path)
-
-
-def _range(stats, form) -> str:
-    """"mean" or "mean [min, max]" for several seeds."""
-    mean = format(float(stats["mean"]), form)
-    if stats["min"] == stats["max"]:
-        return mean
-    return f"{mean} [{format(float(stats['min']), form)}, {format(float(stats['max']), form)}]"
-
-
-def summary_lines(results, config: Config) -> list:
-    """The printed summary: per init, a table of the two runs (gradient, losses, accuracy, split)."""
-    late = late_steps(config)
-    split_steps = [step for step, _ in late_splits(results[config.init[0], "aux", config.seed].splits,
-                                                   config)]
-    lines = [f"{_plural(config.seeds, 'seed')} ({', '.join(map(str, config.seed_list))}): each "
-             f"cell is the mean over seeds" + (", [min, max] after it" if config.seeds > 1 else ""),
-             f"(ln 10 = {math.log(10):.3f} is the loss of a uniform guess; 10% accuracy is chance)",
-             f"(aux share: the part of {FIRST}'s gradient that aux1 and aux2 supply together)"]
-    for init in config.init:
-        cells = {run: cell_summary(results, config, init, run) for run in RUNS}
-        lines.append("")
-        lines.append(f"init {init:<43}" + "".join(f"{RUN_LABELS[run]:<31}" for run in RUNS).rstrip())
-
-        def row(text, key, form, scale=1, unit=""):
-            values = [_range({k: scale * v for k, v in cells[run][key].items()}, form) + unit
-                      if key in cells[run] else "-" for run in RUNS]
-            lines.append(f"  {text:<46}" + "".join(f"{value:<31}" for value in values).rstrip())
-
-        row(f"gradient norm {FIRST} / {LAST}, step 0", "first_over_last_step0", ".2e")
-        row(f"gradient norm {FIRST} / {LAST}, steps {late[0]}-{late[-1]}", "first_over_last_late",
-            ".2e")
-        row(f"main loss, steps 0-{config.window - 1}", "loss_first", ".3f")
-        row(f"main loss, steps {late[0]}-{late[-1]}", "loss_late", ".3f")
-        if "test_acc" in cells["aux"]:
-            row(f"test accuracy, {config.test_images} images", "test_acc", ".1f", 100, "%")
-        row(f"aux share of {FIRST}'s gradient, step 0", "aux_share_step0", ".0f", 100, "%")
-        row(f"aux share of {FIRST}'s gradient, steps {split_steps[0]}-{split_steps[-1]}",
-            "aux_share_late", ".0f", 100, "%")
-    return lines
-
-
-def _plural(n, word):
-    return f"{n} {word}" + ("" if n == 1 else "s")
+def _how_to_continue(out) -> str:
+    """The start of the "already holds a run" advice, when ``out`` holds kept runs."""
+    if os.path.isfile(os.path.join(out, RUNS_FILE)):
+        return f"continue it with --resume {shlex.quote(out)}, "
+    return ""
 
 
 # ==========================================================================
@@ -699,12 +255,21 @@ def main(argv=None) -> int:
 
 
 def _run(args, argv) -> int:
+    finished = {}                      # with --resume: the runs the stopped experiment finished
     try:
-        config = resolve_config(args)
-        check_out_folder(config.out, OUTPUTS, given=args.out is not None, replace=args.overwrite)
+        if args.resume is not None:
+            finished, config = _stopped_experiment(args)
+        else:
+            config = resolve_config(args)
+        check_out_folder(config.out, OUTPUTS, given=args.out is not None or bool(args.resume),
+                         replace=args.overwrite, continuing=args.resume is not None,
+                         advice=_how_to_continue(config.out))
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except (FileNotFoundError, CheckpointError) as error:
+        print(f"{PROG}: error: cannot resume: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         train = CIFAR10(config.data, train=True, download=config.download)
         test = (CIFAR10(config.data, train=False, download=config.download)
@@ -723,20 +288,37 @@ def _run(args, argv) -> int:
 
     print(f"tinygnet gradflow on {config.device}: GoogLeNet (no batch norm) width {config.width}, "
           f"stem stride {config.stem_stride}; init {', '.join(config.init)}; "
-          f"{_plural(config.seeds, 'seed')}; {config.steps} steps of {config.batch_size} images, "
+          f"{plural(config.seeds, 'seed')}; {config.steps} steps of {config.batch_size} images, "
           f"SGD lr {config.lr} momentum {config.momentum}; for each init and seed, run (a) with "
           f"aux heads (weight {config.aux_weight}) and run (b) without, same initial weights")
+    total = len(config.grid())
+    if args.resume is not None:
+        print(f"resuming {config.out}: {len(finished)} of {plural(total, 'run')} finished and "
+              f"kept" + (f", {total - len(finished)} to train" if len(finished) < total
+                         else "; the outputs are written again"))
+    runs_file = os.path.join(config.out, RUNS_FILE)
+    kept = [len(finished)]             # runs saved in runs_file, for the message of a stop
+
+    def keep(results):
+        save_runs(runs_file, config, results)
+        kept[0] = len(results)
+
     started = time.perf_counter()
     try:
-        config.out = claim_out_folder(config.out, OUTPUTS, given=args.out is not None,
-                                      replace=args.overwrite)
-        record = {"config": dataclasses.asdict(config), "command": " ".join([PROG] + argv),
-                  "machine": f"{os.cpu_count()} CPU cores" if config.device == "cpu" else config.device,
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
+        config.out = claim_out_folder(config.out, OUTPUTS, given=args.out is not None or
+                                      bool(args.resume), replace=args.overwrite)
+        runs_file = os.path.join(config.out, RUNS_FILE)
+        if args.resume is None:        # the configuration first: --resume needs only this file
+            save_runs(runs_file, config, {})
+        if not os.path.exists(os.path.join(config.out, "config.json")):
+            record = {"config": dataclasses.asdict(config), "command": " ".join([PROG] + argv),
+                      "machine": f"{os.cpu_count()} CPU cores" if config.device == "cpu"
+                      else config.device, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
         # Each step checks its loss (train_run); NumPy's warnings would only repeat it.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            results = run_experiment(config, train_arrays, test_arrays, progress=args.progress)
+            results = run_experiment(config, train_arrays, test_arrays, progress=args.progress,
+                                     finished=finished, keep=keep)
         write_csv(results, config, os.path.join(config.out, "gradflow.csv"))
         plot_gradflow(results, config, os.path.join(config.out, "gradflow.png"))
         plot_training(results, config, os.path.join(config.out, "gradflow_training.png"))
@@ -749,12 +331,39 @@ def _run(args, argv) -> int:
         print(f"{PROG}: error: cannot write {error.filename or config.out}: {error.strerror}",
               file=sys.stderr)
         return EXIT_FAILURE
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the finished runs are on disk
+        if not os.path.isfile(runs_file):
+            raise
+        print(f"\n{PROG}: stopped; {kept[0]} of {plural(total, 'run')} finished, kept in "
+              f"{runs_file}. Continue with:\n  {PROG} --resume {shlex.quote(config.out)}",
+              file=sys.stderr)
+        return exit_status(stop)
     print()
     for line in summary_lines(results, config):
         print(line)
-    print(f"\n{len(results)} runs in {time.perf_counter() - started:.0f} s; outputs in "
-          f"{config.out}: {', '.join(OUTPUTS)}")
+    seconds = f"{time.perf_counter() - started:.0f} s"
+    runs = (f"{len(results)} runs in {seconds}" if not finished else
+            f"{len(results)} runs ({len(finished)} kept, {len(results) - len(finished)} "
+            f"trained in {seconds})")
+    print(f"\n{runs}; outputs in {config.out}: {', '.join(OUTPUTS)}")
     return 0
+
+
+def _stopped_experiment(args) -> tuple:
+    """``(finished runs, configuration)`` of the experiment that ``--resume DIR`` continues."""
+    if not args.resume:
+        raise UsageError("--resume needs the folder of a stopped experiment, got an empty path")
+    if not os.path.isdir(args.resume):
+        raise FileNotFoundError(f"{args.resume} is not a folder")
+    path = os.path.join(args.resume, RUNS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{args.resume} holds no gradflow experiment (no {RUNS_FILE})")
+    saved, finished = load_runs(path)
+    config = config_for_resume(args, saved)
+    stray = sorted(set(finished) - set(config.grid()))
+    if stray:
+        raise CheckpointError(f"{path!r} holds runs outside its experiment: {stray}")
+    return finished, config
 
 
 if __name__ == "__main__":

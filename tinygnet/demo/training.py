@@ -9,12 +9,14 @@ One training step is the paper's recipe in five lines::
     losses.total.backward()                             # one pass back through all three heads
     optimizer.step()
 
-``train_epoch`` runs those steps over the training set and hands control
-back after each one; ``evaluate`` tests the main head in eval mode, where
-GoogLeNet returns the main logits only (the aux heads exist to train),
-optionally averaging each test image's logits over several views of it. The
-rest of a run (command line, configuration, checkpoints, Ctrl-C, progress
-bar, plots) lives in ``cifar.py``; this module is the loop itself.
+``train_step`` is that step; ``train_epoch`` runs it over the training set
+and hands control back after each one; ``evaluate`` tests the main head in
+eval mode, where GoogLeNet returns the main logits only (the aux heads exist
+to train), optionally averaging each test image's logits over several views
+of it. The rest of a CIFAR run (checkpoints, Ctrl-C, progress bar, plots)
+lives in ``run.py`` and its command line in ``cifar.py``; the gradient-flow
+experiment (``gradflow.py``) trains with the same step and tests with the
+same ``evaluate``. This module is the loop itself.
 """
 from __future__ import annotations
 
@@ -26,8 +28,35 @@ from .. import backend
 from ..models import googlenet_loss
 from ..tensor import Tensor, no_grad
 
-__all__ = ["train_epoch", "evaluate", "RunningMetrics", "TTA_VIEWS", "TTA_LABELS",
+__all__ = ["train_step", "train_epoch", "evaluate", "RunningMetrics", "TTA_VIEWS", "TTA_LABELS",
            "TTA_DESCRIPTIONS"]
+
+
+def train_step(model, images, labels, optimizer, device, aux_weight=0.3, label_smoothing=0.0,
+               backward=None):
+    """One step on one batch: forward, the combined loss, backward, update. Returns
+    ``(losses, outputs)``: the ``GoogLeNetLoss`` and the model's ``(logits, aux1, aux2)``.
+
+    ``images``: float32 N x 3 x 32 x 32 (host or device); ``labels``: int64 N on
+    the host. The model must be in training mode (``train_epoch`` sets it).
+    ``backward(losses)``, when given, replaces ``losses.total.backward()``: it
+    must leave in each parameter's ``.grad`` the gradient of ``losses.total``
+    (the gradient-flow experiment backpropagates the three losses one at a
+    time to see what each head contributes, and reads the gradients before
+    the update).
+    """
+    x = Tensor(backend.to_device(images, device))     # N x 3 x 32 x 32, normalised
+    outputs = model(x)                 # logits, aux1, aux2: N x 10 each (aux None without heads)
+    # Host labels: cross_entropy checks their range on the host, with no GPU sync.
+    losses = googlenet_loss(outputs, labels, aux_weight=aux_weight,
+                            label_smoothing=label_smoothing)
+    optimizer.zero_grad()              # forget the last step's gradients (p.grad = None)
+    if backward is None:
+        losses.total.backward()        # gradients of the combined loss, all three heads at once
+    else:
+        backward(losses)               # the same gradients, reached the caller's way
+    optimizer.step()                   # update every parameter in place
+    return losses, outputs
 
 
 def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight=0.3,
@@ -44,14 +73,8 @@ def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight
     """
     model.train()                      # dropout on, batch norm on batch statistics, aux heads on
     for images, labels in loader:      # a loader resumed mid-epoch starts at the next batch
-        x = Tensor(backend.to_device(images, device))     # N x 3 x 32 x 32, normalised, augmented
-        outputs = model(x)             # logits, aux1, aux2: N x 10 each (aux None without heads)
-        # Host labels: cross_entropy checks their range on the host, with no GPU sync.
-        losses = googlenet_loss(outputs, labels, aux_weight=aux_weight,
-                                label_smoothing=label_smoothing)
-        optimizer.zero_grad()          # forget the last step's gradients (p.grad = None)
-        losses.total.backward()        # gradients of the combined loss, all three heads at once
-        optimizer.step()               # update every parameter in place
+        losses, outputs = train_step(model, images, labels, optimizer, device, aux_weight,
+                                     label_smoothing)
         scheduler.step()               # the learning rate of the next step
         if ema is not None:
             ema.update()               # move the averaged weights towards the new ones
