@@ -68,14 +68,14 @@ PROG = "python -m tinygnet.demo cifar"
 # ==========================================================================
 # Defaults by device.
 #
-# CPU: the most test accuracy within 20 minutes on 2 cores. The choice is
+# CPU: the most test accuracy in a run of minutes, not hours. The choice is
 # width against epochs, and what helps a handful of epochs: stem stride 2
 # (Inception stages at 16/8/4 pixels) makes the network 4x cheaper; batch
 # norm lets a 22-layer network train in a handful of epochs at all; short
 # runs gain from milder augmentation (crops of a 2-pixel padding, no
 # dropout before the classifier) and from testing each image with its
-# mirror. README, "What the CIFAR demo does", has the measured runs and what
-# each setting gave.
+# mirror. docs/cifar.md has the machine they were chosen on, the measured
+# runs and what each setting gave.
 #
 # GPU: the full-width network of the paper (cifar stem), aiming at >= 93%.
 # ==========================================================================
@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Train GoogLeNet on CIFAR-10 with tinygnet. Options left out take the "
-                    "defaults of the device (CPU: a narrow network that trains in under 20 "
-                    "minutes on 2 cores; GPU: the full-width network); the resolved values are printed "
+                    "defaults of the device (CPU: GoogLeNet at an eighth of the paper's width; "
+                    "GPU: the full-width network); the resolved values are printed "
                     "and saved to OUT/config.json.",
         epilog="Outputs in --out: config.json, metrics.csv, curves.png, per_class.png, "
                "checkpoint.npz (every epoch) and best.npz (best test accuracy). "

@@ -1,7 +1,7 @@
 """``python -m tinygnet.demo gradflow``: do GoogLeNet's auxiliary heads rescue a vanishing gradient?
 
     python -m tinygnet.demo gradflow --quick       # under a minute on a CPU
-    python -m tinygnet.demo gradflow               # under 15 minutes on a 2-core CPU
+    python -m tinygnet.demo gradflow               # 12 runs of 300 steps: minutes on a CPU
 
 The paper (section 5) adds two auxiliary classifiers because "the ability to
 propagate gradients back through all the layers in an effective manner was
@@ -50,8 +50,8 @@ restart is the same run). The code: this file is the command line and the
 order of things; ``gradflow_runs.py`` the runs, ``gradflow_stats.py`` the
 numbers made of them (CSV, summary), ``gradflow_plots.py`` the figures.
 
-Defaults (sized to stay under 15 minutes on an idle 2-core CPU; the README
-gives the time measured there): a network at an eighth of the paper's width
+Defaults (sized for a run of minutes on a small CPU; docs/vanishing-gradients.md
+has the times measured): a network at an eighth of the paper's width
 (``--width 0.125``) with ``--stem-stride 2`` (Inception stages at 16, 8 and 4
 pixels), batches of 64, SGD lr 0.01 with momentum 0.9 (the paper's momentum;
 without batch norm the gradients at initialisation are large, so the rate

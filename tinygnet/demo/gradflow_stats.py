@@ -62,7 +62,7 @@ def over_seeds(results, config: Config, init, run, measure) -> dict:
 
 
 def cell_summary(results, config: Config, init, run) -> dict:
-    """The numbers the summary and the README quote for one (init, run) cell, over seeds."""
+    """The numbers the summary and docs/vanishing-gradients.md quote for one (init, run) cell, over seeds."""
     late = late_steps(config)
     first = range(0, config.window)
 

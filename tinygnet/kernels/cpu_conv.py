@@ -24,7 +24,7 @@ image. This fast path computes the same convolution with three changes:
   memory every step) while a budget allows; past it, backward rebuilds
   them from x, so the saved state stays the size of x, not KH*KW times it.
 
-The README's Performance section has what each of these bought.
+docs/performance.md has what each of these bought.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ __all__ = ["Conv2dOneGemm"]
 
 # The copies of im2col and col2im are cut into blocks of channels for the
 # threads, each with at least this many elements: smaller work is not worth
-# the hand-off (tuned on GoogLeNet's training step; README, Performance).
+# the hand-off (tuned on GoogLeNet's training step; docs/performance.md).
 MIN_BLOCK_ELEMENTS = 1 << 18
 
 

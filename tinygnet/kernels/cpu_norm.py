@@ -26,7 +26,7 @@ __all__ = ["BatchNormChunked"]
 # Channels are cut into blocks for the threads, each with at least this many
 # values. Batch norm's passes are quick (einsum sums, one multiply-add), so the
 # hand-off to a thread pays only on big inputs (tuned on GoogLeNet's training
-# step; README, Performance).
+# step; docs/performance.md).
 MIN_BLOCK_ELEMENTS = 1 << 22
 
 

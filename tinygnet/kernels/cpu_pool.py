@@ -17,7 +17,7 @@ window. This fast path computes the same pooling with three changes:
   row, the first OW columns). What it buys is long loops: NumPy runs a
   strided 4-D view as one inner loop per row, W elements long (8 at
   GoogLeNet's 8x8 stages), and one loop over the flat array instead (the
-  README's Performance section has the speed-up).
+  speed-up is in docs/performance.md).
 * **Threads**: planes are independent, so both pools cut them into blocks
   that tinygnet's CPU threads run at once (``threads.parallel_for``), each
   block with its own flat array.
@@ -39,7 +39,7 @@ __all__ = ["MaxPool2dFlatPasses", "AvgPool2dFlatPasses"]
 
 # Fewer input elements than this per block run as one block, on the calling
 # thread: smaller work is not worth the hand-off (tuned on GoogLeNet's
-# training step; README, Performance).
+# training step; docs/performance.md).
 MIN_BLOCK_ELEMENTS = 1 << 17
 
 

@@ -106,7 +106,7 @@ def parallel_for(total: int, body, min_chunk: int = 1) -> None:
     Each chunk must write only its own part of the outputs. Chunks are at
     least ``min_chunk`` long, so small work runs in one call, on this thread:
     a hand-off to another thread costs a wake-up, then the GIL passed back
-    and forth between NumPy calls (the README's Performance section has the
+    and forth between NumPy calls (docs/performance.md has the
     measured cost). An exception in any chunk is raised here, after every
     chunk has finished. A ``parallel_for`` inside a chunk runs inline.
     """

@@ -37,7 +37,7 @@ def workspace(name: str, shape, dtype) -> np.ndarray:
     when they are freed, so every im2col of a training step would fault its
     (C*KH*KW, N*OH*OW) columns in again (where page faults are expensive,
     as on virtual machines, that can double the time of a large convolution's
-    backward: README, Performance). One buffer per ``name``
+    backward: docs/performance.md). One buffer per ``name``
     and thread, grown as needed and kept: the caller must be done with the
     array before it asks for the same name again. ``release_workspaces()``
     frees them (the next call allocates again).
