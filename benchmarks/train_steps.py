@@ -3,7 +3,9 @@ and the interleaved timing loop they share.
 
 One step: forward, the combined loss (main + 0.3 * aux, label smoothing 0.1),
 backward and an SGD update (momentum, Nesterov, weight decay), on a fixed
-random batch already on ``device``. Import after the thread pools are sized.
+random batch already on ``device``, always in train mode (aux heads, dropout,
+batch statistics): each step sets it, since the benchmarks also run the same
+model in eval mode between steps. Import after the thread pools are sized.
 """
 import time
 
@@ -27,12 +29,12 @@ def data(batch, seed=0):
 
 
 def tinygnet_train_step(model, batch, device="cpu"):
-    model.train()
     optimizer = SGD(model.parameters(), **SGD_OPTIONS)
     x, y = data(batch)
     x = Tensor(backend.to_device(x, device))   # labels stay on the host: no GPU sync in the loss
 
     def step():
+        model.train()
         optimizer.zero_grad()
         googlenet_loss(model(x), y, **LOSS_OPTIONS).total.backward()
         optimizer.step()
@@ -42,12 +44,12 @@ def tinygnet_train_step(model, batch, device="cpu"):
 def torch_train_step(model, batch, device="cpu"):
     import torch
     import torch_googlenet
-    model.train()
     optimizer = torch.optim.SGD(model.parameters(), **SGD_OPTIONS)
     x, y = data(batch)
     x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
     def step():
+        model.train()
         optimizer.zero_grad(set_to_none=True)
         torch_googlenet.googlenet_loss(model(x), y, **LOSS_OPTIONS).backward()
         optimizer.step()
