@@ -130,3 +130,29 @@ def test_the_engine_refuses_a_gradient_of_another_dtype():
     with pytest.raises(RuntimeError, match="Float64Backward.backward returned a float64 gradient "
                                            "for a float32 input"):
         (Float64Backward.apply(x) * 3).sum().backward()
+
+
+# float16: every op whose GPU path is a CUDA kernel (compiled for float and double
+# only) refuses it in one line, on either device, rather than a KeyError from the
+# kernel table at the first launch on the GPU.
+HALF_OPS = {
+    "conv2d": lambda x: F.conv2d(x, x[:2]),
+    "max_pool2d": lambda x: F.max_pool2d(x, 2),
+    "avg_pool2d": lambda x: F.avg_pool2d(x, 2),
+    "local_response_norm": lambda x: F.local_response_norm(x, 3),
+    "batch_norm": lambda x: F.batch_norm(x, None, None, training=True),
+    "cross_entropy": lambda x: F.cross_entropy(x.reshape(4, -1), TARGETS[:4]),
+}
+
+
+@pytest.mark.parametrize("op", HALF_OPS)
+def test_float16_is_refused_in_one_line(op):
+    x = tg.tensor(np.ones((4, 2, 4, 4), dtype=np.float16))
+    with pytest.raises(TypeError, match=rf"^{op}: .*float32 or float64.*got float16$"):
+        HALF_OPS[op](x)
+
+
+def test_the_cuda_kernels_name_the_dtypes_they_are_compiled_for():
+    from tinygnet.kernels import cuda_kernels
+    with pytest.raises(TypeError, match="compiled for float32 and float64, not float16"):
+        cuda_kernels.raw_source("im2col", np.float16)

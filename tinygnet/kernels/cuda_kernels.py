@@ -207,6 +207,9 @@ _C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 def raw_source(name: str, dtype) -> str:
     """The complete CUDA source of RAW_SOURCES[name] for ``dtype`` (float32 or float64)."""
+    if np.dtype(dtype) not in _C_TYPES:
+        raise TypeError(f"tinygnet's CUDA kernels are compiled for float32 and float64, "
+                        f"not {np.dtype(dtype)}")
     return (f"typedef {_C_TYPES[np.dtype(dtype)]} T;\n"
             + RAW_SOURCES[name].replace("LOOP", _LOOP))
 
