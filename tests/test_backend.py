@@ -13,11 +13,22 @@ def test_parse_device():
     assert backend.parse_device("cpu") == "cpu"
     assert backend.parse_device(None) == "cpu"
     assert backend.parse_device("cuda") == "cuda:0"
-    assert backend.parse_device("CUDA:1") == "cuda:1"
+    assert backend.parse_device("CUDA:0") == "cuda:0"
     with pytest.raises(ValueError, match="'tpu'"):
         backend.parse_device("tpu")
     with pytest.raises(TypeError):
         backend.parse_device(0)
+
+
+def test_a_second_gpu_is_refused_in_one_line_naming_the_way_to_use_it():
+    """Nothing selects GPU N around each op (allocations, kernels and the random stream
+    would land on GPU 0 and CuPy refuse the mix): cuda:N > 0 is an error, at once."""
+    with pytest.raises(ValueError, match=r"^device 'cuda:1': .*one GPU.*CUDA_VISIBLE_DEVICES=1"):
+        backend.parse_device("cuda:1")
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES=2"):
+        tg.tensor([1.0], device="cuda:2")
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES=3"):
+        tg.nn.Linear(2, 2).to("cuda:3")
 
 
 def test_numpy_arrays_use_numpy():

@@ -345,8 +345,8 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu") -> Tensor:
     """Make a Tensor, copying ``data``.
 
     NumPy floating and integer arrays keep their dtype; Python numbers and
-    lists become float32 (pass ``dtype=`` to choose). ``device`` is ``"cpu"``,
-    ``"cuda"`` or ``"cuda:N"``.
+    lists become float32 (pass ``dtype=`` to choose). ``device`` is ``"cpu"``
+    or ``"cuda"`` (``"cuda:0"``: tinygnet runs on one GPU).
     """
     if isinstance(data, Tensor):
         data = data.data

@@ -5,8 +5,11 @@ Every op asks ``xp = get_array_module(array)`` and then writes ``xp.zeros``,
 module that knows CuPy exists, and it imports CuPy lazily: code that only
 touches the CPU never imports it.
 
-Devices are strings, as in PyTorch: ``"cpu"``, ``"cuda"`` (the current GPU) or
-``"cuda:N"``. ``to_device`` and ``to_numpy`` move arrays between them.
+Devices are strings, as in PyTorch: ``"cpu"`` and ``"cuda"`` (``"cuda:0"``).
+tinygnet runs on one GPU, the first one CUDA shows it: nothing selects another
+around each op, so ``"cuda:N"`` for N > 0 is refused; to run on another GPU,
+show only that one (``CUDA_VISIBLE_DEVICES=N``), and it is ``cuda:0``.
+``to_device`` and ``to_numpy`` move arrays between them.
 
 GPU memory: CuPy allocates through its memory pool (its default), so the
 arrays of a training step reuse the blocks freed by the step before instead
@@ -62,7 +65,7 @@ def is_cuda_available() -> bool:
 
 
 def parse_device(device) -> str:
-    """Normalise ``"cpu"``, ``"cuda"``, ``"cuda:1"`` (or None = cpu); reject others."""
+    """Normalise ``"cpu"``, ``"cuda"``, ``"cuda:0"`` (or None = cpu); reject others."""
     if device is None:
         return "cpu"
     if not isinstance(device, str):
@@ -73,8 +76,12 @@ def parse_device(device) -> str:
     if name == "cuda":
         return "cuda:0"
     if name.startswith("cuda:") and name[5:].isdigit():
-        return name
-    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+        if int(name[5:]) != 0:
+            raise ValueError(f"device {device!r}: tinygnet runs on one GPU, cuda:0; to use "
+                             f"GPU {int(name[5:])}, run with CUDA_VISIBLE_DEVICES={int(name[5:])} "
+                             f"(it is then cuda:0)")
+        return "cuda:0"
+    raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda' ('cuda:0')")
 
 
 def _require_cuda(device: str):
