@@ -56,9 +56,9 @@ def pytest_configure(config):
 
 
 def _skip_without_cuda():
-    from tinygnet.backend import is_cuda_available   # imports CuPy only here
-    if not is_cuda_available():
-        pytest.skip("no CUDA device (CuPy is not installed or sees no GPU)")
+    from tinygnet.backend import gpu_problem   # imports CuPy only here
+    if gpu_problem():
+        pytest.skip(f"no usable GPU: {gpu_problem()}")
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

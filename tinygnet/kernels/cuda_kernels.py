@@ -224,7 +224,8 @@ _elementwise_kernels: dict = {}
 def _cupy():
     cupy = backend.cupy_or_none()
     if cupy is None:
-        raise RuntimeError("tinygnet's CUDA kernels need CuPy (pip install 'tinygnet[gpu]')")
+        raise RuntimeError("tinygnet's CUDA kernels need CuPy (pip install 'tinygnet[gpu13]' "
+                           "for CUDA 13, 'tinygnet[gpu12]' for CUDA 12)")
     return cupy
 
 
