@@ -145,7 +145,7 @@ def test_a_gpu_whose_kernels_do_not_compile_is_not_usable(install_cupy):
     assert not tg.is_cuda_available()
     assert "cannot compile and run a kernel (CompileException: nvrtc" in backend.gpu_problem()
     assert resolve_device("auto") == "cpu"
-    with pytest.raises(UsageError, match=r"^--device cuda: no usable GPU \(CuPy sees 1 GPU"):
+    with pytest.raises(UsageError, match=r"^--device cuda: no usable GPU: CuPy sees 1 GPU"):
         resolve_device("cuda")
     with pytest.raises(RuntimeError, match=r"^device 'cuda:0': .*cannot compile.*gpu13") as info:
         tg.tensor([1.0], device="cuda")

@@ -23,3 +23,29 @@ def test_the_timed_training_step_runs_in_train_mode_after_an_eval():
     model.eval()                      # as the logits check does, between building and timing
     step()
     assert modes == [True]
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_the_gpu_check_fits_one_device_call():
+    """benchmarks/gpu_check.sh runs in one call of at most 600 s: the step limits on its
+    critical path (the steps run in the background overlap the next one) leave a
+    minute for the summary, the kill-after grace and the machine's own start-up."""
+    import re
+    import subprocess
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "stage_gpu_data.sh")], check=True)
+    lines = script.read_text().replace("\\\n", " ").splitlines()
+    total, overlapping = 0, []
+    for line in lines:
+        match = re.search(r"\bstep (\w+) (\d+) ", line)
+        if not match or line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("&"):
+            overlapping.append(int(match.group(2)))
+        else:
+            total += max([int(match.group(2))] + overlapping)
+            overlapping = []
+    assert 0 < total <= 540, total

@@ -24,8 +24,8 @@ def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda:0" if available else "cpu"
     if not available:
-        raise UsageError(f"--device cuda: no usable GPU ({backend.gpu_problem()}); "
-                         f"use --device cpu")
+        raise UsageError(f"--device cuda: no usable GPU: {backend.gpu_problem()}; "
+                         f"or use --device cpu")
     return backend.parse_device(requested)
 
 
