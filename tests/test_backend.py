@@ -129,7 +129,11 @@ def stand_in_cupy(kernels_compile=True, multiprocessors=132):
 
 @pytest.fixture
 def install_cupy(monkeypatch):
-    """Install a stand-in CuPy as ``cupy``; tinygnet probes the GPU afresh."""
+    """Install a stand-in CuPy as ``cupy``; tinygnet probes the GPU afresh. The random
+    streams are the test's own: no stand-in generator outlives it."""
+    monkeypatch.setattr(backend.random, "_gpu_generators", {})
+    monkeypatch.setattr(backend.random, "_host_generator", np.random.default_rng())
+
     def install(cupy):
         monkeypatch.setitem(sys.modules, "cupy", cupy)
         monkeypatch.setattr(backend.devices, "_cupy", None)
