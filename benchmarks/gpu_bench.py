@@ -75,7 +75,7 @@ def synchronized(step, sync):
 def main(argv=None):
     args = parse_args(argv)
     if not tinygnet.is_cuda_available():
-        sys.exit("gpu_bench: no usable GPU (CuPy missing or no NVIDIA device)")
+        sys.exit(f"gpu_bench: no usable GPU: {backend.gpu_problem()}")
     cupy = backend.cupy_or_none()
     pool = cupy.get_default_memory_pool()
     name = cupy.cuda.runtime.getDeviceProperties(0)["name"]

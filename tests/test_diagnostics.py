@@ -18,10 +18,6 @@ ABOVE_AUX1 = NETWORK_ORDER[6:13]         # inception4b ... fc: aux1's loss never
 ABOVE_AUX2 = NETWORK_ORDER[9:13]         # inception4e ... fc
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not tinygnet.is_cuda_available(), reason="needs CuPy and an NVIDIA GPU"))]
-
-
 def tiny_googlenet(aux=True, seed=0, device="cpu"):
     """A float64 GoogLeNet small enough for milliseconds a step; no dropout (deterministic)."""
     tinygnet.manual_seed(seed)
@@ -60,7 +56,6 @@ def test_layer_groups_follow_the_network_with_the_aux_heads_last():
 
 
 # --------------------------------------------------------------------------- monitor
-@pytest.mark.parametrize("device", DEVICES)
 def test_monitor_norms_and_ratios_match_a_hand_computation(rng, device):
     model = tiny_googlenet(device=device)
     x, y = batch(rng, device=device)
@@ -123,7 +118,6 @@ def test_monitor_rejects_a_bad_every(every):
 
 
 # --------------------------------------------------------------------------- split
-@pytest.mark.parametrize("device", DEVICES)
 def test_split_backward_leaves_the_gradient_of_the_total_loss(rng, device):
     model = tiny_googlenet(device=device)
     x, y = batch(rng, device=device)

@@ -45,13 +45,13 @@ def test_the_fast_paths_registered():
                    for line in table.splitlines()), f"{row} on {device} missing from the table"
 
 
-@pytest.mark.parametrize("reference, device, fast",
+@pytest.mark.parametrize("reference, on, fast",
                          [pytest.param(*entry, id=f"{entry[0].__name__}-{entry[1]}")
                           for entry in dispatch.fast_paths()])
-def test_a_fast_path_subclasses_its_reference_and_says_what_it_replaces(reference, device, fast):
+def test_a_fast_path_subclasses_its_reference_and_says_what_it_replaces(reference, on, fast):
     assert issubclass(fast, reference) and fast is not reference
     first_line = fast.__doc__.strip().splitlines()[0]
-    where = "CPU" if device == "cpu" else "GPU"
+    where = "CPU" if on == "cpu" else "GPU"
     assert first_line.startswith(f"Replaces {reference.__module__.split('.', 1)[1]}.")
     assert f"on the {where}:" in first_line, first_line
 

@@ -345,8 +345,8 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu") -> Tensor:
     """Make a Tensor, copying ``data``.
 
     NumPy floating and integer arrays keep their dtype; Python numbers and
-    lists become float32 (pass ``dtype=`` to choose). ``device`` is ``"cpu"``,
-    ``"cuda"`` or ``"cuda:N"``.
+    lists become float32 (pass ``dtype=`` to choose). ``device`` is ``"cpu"``
+    or ``"cuda"`` (``"cuda:0"``: tinygnet runs on one GPU).
     """
     if isinstance(data, Tensor):
         data = data.data
@@ -504,6 +504,9 @@ def run_backward(root: Tensor, gy, retain_graph: bool) -> None:
             if gx.shape != parent.data.shape:
                 raise RuntimeError(f"{type(fn).__name__}.backward returned a gradient of shape "
                                    f"{tuple(gx.shape)} for an input of shape {parent.shape}")
+            if gx.dtype != parent.data.dtype:     # a float64 gradient of a float32 tensor
+                raise RuntimeError(f"{type(fn).__name__}.backward returned a {gx.dtype} gradient "
+                                   f"for a {parent.dtype} input")
             key = id(parent)
             if key not in grads:
                 grads[key] = gx               # first contribution: keep, do not copy
@@ -714,8 +717,8 @@ class Max(Function):
         xp = get_array_module(gy)
         if not self.keepdims:
             gy = gy.reshape(()) if self.axis is None else xp.expand_dims(gy, self.axis)
-        count = self.mask.sum(axis=self.axis, keepdims=True)
-        return self.mask * (gy / count)
+        count = self.mask.sum(axis=self.axis, keepdims=True).astype(gy.dtype)  # not int64:
+        return self.mask * (gy / count)                          # float32 / int64 is float64
 
 
 class Reshape(Function):

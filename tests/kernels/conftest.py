@@ -76,8 +76,10 @@ class HostCuPy:
 
     def RawKernel(self, source, name):
         function = self._compile(source, name)
+        T = {"float": np.float32, "double": np.float64}[source.split()[1]]   # "typedef float T;"
 
         def launch(grid, block, args):
+            _check_as_cupy_passes_them(name, T, args)
             function(*map(_as_ctype, args))
         return launch
 
@@ -99,6 +101,27 @@ class HostCuPy:
             function(ctypes.c_longlong(out.size), *map(_as_ctype, inputs + [out]))
             return out
         return call
+
+
+def _check_as_cupy_passes_them(name, T, args):
+    """Each argument must be what the kernel declares, since CuPy passes it by its own type.
+
+    CuPy hands a raw kernel a NumPy scalar as its own bytes and an array as a
+    bare pointer (``_pointer`` in cupy/cuda/function.pyx): an ``np.int64`` for an
+    ``int`` shifts every later argument, an ``np.float32`` for a ``double`` is
+    read as 8 bytes, a float64 array for ``const float*`` is read as floats.
+    """
+    declared = cuda_kernels.kernel_parameters(name)
+    assert len(args) == len(declared), f"{name}: {len(args)} arguments for {len(declared)}"
+    for (ctype, pointer, _, pname), value in zip(declared, args):
+        want = np.dtype(T if ctype == "T" else {"int": np.int32, "long long": np.int64}[ctype])
+        if pointer:
+            assert isinstance(value, np.ndarray) and value.dtype == want \
+                and value.flags.c_contiguous, \
+                f"{name}: {pname} must be a C-contiguous {want} array, got {value!r:.60}"
+        else:
+            assert type(value) is want.type, \
+                f"{name}: {pname} is a {ctype}, got {type(value).__name__} {value!r}"
 
 
 def _as_ctype(value):

@@ -85,7 +85,8 @@ def test_max_pool_matches_numpy(on_host, rng, dtype, kernel, stride, padding, ce
     y, argmax = kernels.max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, OH, OW)
     np.testing.assert_array_equal(y, y_ref)
     gy = rng.standard_normal(y.shape).astype(dtype)
-    gx = kernels.max_pool2d_backward(gy, argmax, x.shape, KH, KW, SH, SW, PH, PW, OH, OW)
+    gx = kernels.max_pool2d_backward(gy, argmax, x.shape, KH, KW, SH, SW, PH, PW, OH, OW,
+                                     dtype=x.dtype)
     np.testing.assert_allclose(gx, fn.backward(gy), rtol=1e-6, atol=1e-6)
 
 
@@ -107,6 +108,41 @@ def test_lrn_matches_numpy(on_host, rng, dtype, size, shape):
     gy = rng.standard_normal(shape).astype(dtype)
     np.testing.assert_allclose(kernels.lrn_backward(x, scale, gy, size, alpha, beta),
                                fn.backward(gy), rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_parameters_read_the_signature():
+    assert kernels.kernel_parameters("max_pool_backward")[:5] == [
+        ("T", True, True, "gy"), ("int", True, True, "argmax"), ("T", True, False, "gx"),
+        ("long long", False, False, "total"), ("int", False, False, "H")]
+    assert kernels.kernel_parameters("lrn_forward")[-4:] == [
+        ("int", False, False, "after"), ("T", False, False, "alpha_over_size"),
+        ("T", False, False, "beta"), ("T", False, False, "k")]
+
+
+def test_kernel_arguments_are_made_what_the_kernel_declares(on_host, rng):
+    """NumPy scalars of other types, and a float64 gy for a float32 x, reach each kernel
+    as its signature declares (the stand-in refuses anything else, as CuPy would
+    misread it): the results are those of the plain arguments."""
+    x = rng.standard_normal((2, 7, 3, 4))
+    y, scale = kernels.lrn_forward(x, np.int64(5), np.float32(0.5), np.float32(0.75),
+                                   np.float32(2.0))
+    fn, y_ref = _run(LocalResponseNorm, [x], size=5, alpha=0.5, beta=0.75, k=2.0)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12)
+    x32, gy = x.astype(np.float32), rng.standard_normal(x.shape)          # gy: float64
+    _, scale32 = kernels.lrn_forward(x32, 5, 0.5, 0.75, 2.0)
+    gx = kernels.lrn_backward(x32, scale32, gy, 5, 0.5, 0.75)
+    assert gx.dtype == np.float32
+    np.testing.assert_array_equal(gx, kernels.lrn_backward(x32, scale32, gy.astype(np.float32),
+                                                           5, 0.5, 0.75))
+    pooled, argmax = kernels.max_pool2d_forward(x32, *np.int64([3, 3, 2, 2, 1, 1, 2, 2]))
+    gy = rng.standard_normal(pooled.shape)                                 # float64
+    gx = kernels.max_pool2d_backward(gy, argmax, x.shape, 3, 3, 2, 2, 1, 1, 2, 2,
+                                     dtype=np.float32)
+    assert gx.dtype == np.float32
+    fn, _ = _run(MaxPool2d, [x32], kernel_size=(3, 3), stride=(2, 2), padding=(1, 1),
+                 ceil_mode=False)
+    np.testing.assert_allclose(gx, fn.backward(gy.astype(np.float32)), rtol=1e-6)
+    assert kernels.relu_backward(gy, pooled).dtype == np.float32
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

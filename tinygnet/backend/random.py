@@ -5,9 +5,12 @@ initial weights, the data shuffling and augmentation and the CPU's dropout
 masks, and resets the GPU generators, which are derived from the host stream
 the first time a GPU draws (dropout on the GPU). ``get_rng_state`` /
 ``set_rng_state`` save and restore all of them, the GPU's included, so a
-resumed run draws exactly the numbers it would have drawn.
+resumed run draws exactly the numbers it would have drawn (on the same GPU
+model and CuPy version; elsewhere a GPU's stream restarts, with a warning).
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -67,29 +70,41 @@ def get_rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore what ``get_rng_state`` returned.
 
-    GPU states are restored on the GPUs they came from; on a machine without
-    those GPUs they are dropped (the GPU streams then restart from the host
-    stream, as after ``manual_seed``).
+    The host stream is always restored. A GPU stream is restored on the GPU it
+    came from when this machine's generator has the same state size; otherwise
+    (no GPU here, or another GPU model or CuPy version: CuPy sizes the cuRAND
+    state by the GPU's multiprocessor count) it is dropped with a warning, and
+    that GPU's stream is derived afresh from the host stream, as after
+    ``manual_seed``: the run goes on, but its dropout masks are no longer those
+    of the uninterrupted run.
     """
     _host_generator.bit_generator.state = state["host"]
     _gpu_generators.clear()
     saved = state.get("cuda") or {}
-    if not saved or not is_cuda_available():
+    if not saved:
         return
-    cupy = cupy_or_none()
+    available = is_cuda_available()
+    cupy = cupy_or_none() if available else None
     for device, curand_state in saved.items():
         device = int(device)
-        if device >= cupy.cuda.runtime.getDeviceCount():
+        if not available or device >= cupy.cuda.runtime.getDeviceCount():
+            _dropped(device, "this machine has no such GPU")
             continue
         with cupy.cuda.Device(device):
             generator, bits = _new_gpu_generator(cupy, 0)
             target = _curand_state(bits)
             if target.nbytes != curand_state.nbytes:
-                raise ValueError(f"set_rng_state: the saved state of cuda:{device} has "
-                                 f"{curand_state.nbytes} bytes, this CuPy's generator "
-                                 f"{target.nbytes}")
+                _dropped(device, f"its saved state has {curand_state.nbytes} bytes, this GPU's "
+                                 f"generator {target.nbytes} (another GPU model or CuPy version)")
+                continue
             target[...] = cupy.asarray(curand_state).view(target.dtype).reshape(target.shape)
             _gpu_generators[device] = (generator, bits)
+
+
+def _dropped(device, why):
+    warnings.warn(f"the random stream of cuda:{device} cannot be restored ({why}); it "
+                  f"restarts from the host stream, so dropout draws differ from the "
+                  f"uninterrupted run", RuntimeWarning, stacklevel=3)
 
 
 def _curand_state(bits):

@@ -17,15 +17,15 @@ class UsageError(Exception):
 
 
 def resolve_device(requested: str) -> str:
-    """"auto" -> "cuda:0" if CuPy sees a GPU, else "cpu"; "cuda" without a GPU is an error."""
+    """"auto" -> "cuda:0" if a GPU is usable, else "cpu"; "cuda" without one is an error."""
     if requested == "cpu":
         return "cpu"
     available = backend.is_cuda_available()
     if requested == "auto":
         return "cuda:0" if available else "cpu"
     if not available:
-        raise UsageError("--device cuda: no usable GPU (CuPy is missing or sees no NVIDIA GPU); "
-                         "use --device cpu")
+        raise UsageError(f"--device cuda: no usable GPU: {backend.gpu_problem()}; "
+                         f"or use --device cpu")
     return backend.parse_device(requested)
 
 

@@ -100,10 +100,11 @@ class MaxPool2dCuda(MaxPool2d):
         y, argmax = kernels.max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, OH, OW)
         if self.needs_input_grad[0]:
             self.argmax, self.geometry = argmax, (x.shape, KH, KW, SH, SW, PH, PW, OH, OW)
+            self.dtype = x.dtype
         return y
 
     def backward(self, gy):
-        return kernels.max_pool2d_backward(gy, self.argmax, *self.geometry)
+        return kernels.max_pool2d_backward(gy, self.argmax, *self.geometry, dtype=self.dtype)
 
 
 @register_fast(LocalResponseNorm, "cuda")

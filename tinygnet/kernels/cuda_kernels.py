@@ -17,6 +17,8 @@ How the kernels are written:
   result is deterministic and the sums run in a fixed order;
 * the source is plain CUDA C with a type ``T`` (``float`` or ``double``),
   compiled by CuPy on first use and cached per dtype;
+* every launch makes each argument what the kernel's signature declares
+  (``_launch``): CuPy passes a raw kernel's arguments by their own type;
 * outputs come from ``cupy.empty``, i.e. CuPy's memory pool: after the
   first training step, the arrays of a step reuse the pool's blocks instead
   of calling cudaMalloc.
@@ -25,6 +27,8 @@ CuPy is never imported at module import time (``backend.cupy_or_none()``
 inside the functions), so the CPU path does not need it.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -203,6 +207,9 @@ _C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 def raw_source(name: str, dtype) -> str:
     """The complete CUDA source of RAW_SOURCES[name] for ``dtype`` (float32 or float64)."""
+    if np.dtype(dtype) not in _C_TYPES:
+        raise TypeError(f"tinygnet's CUDA kernels are compiled for float32 and float64, "
+                        f"not {np.dtype(dtype)}")
     return (f"typedef {_C_TYPES[np.dtype(dtype)]} T;\n"
             + RAW_SOURCES[name].replace("LOOP", _LOOP))
 
@@ -217,26 +224,69 @@ _elementwise_kernels: dict = {}
 def _cupy():
     cupy = backend.cupy_or_none()
     if cupy is None:
-        raise RuntimeError("tinygnet's CUDA kernels need CuPy (pip install 'tinygnet[gpu]')")
+        raise RuntimeError("tinygnet's CUDA kernels need CuPy (pip install 'tinygnet[gpu13]' "
+                           "for CUDA 13, 'tinygnet[gpu12]' for CUDA 12)")
     return cupy
 
 
 def _launch(name, dtype, arrays, total, *scalars):
     """Run RAW_SOURCES[name] over ``total`` elements: ``kernel(*arrays, total, *scalars)``.
 
-    Python ints are passed as C ``int``, Python floats as ``T``; NumPy scalars
-    (``np.int64`` for a ``long long``) as they are.
+    CuPy passes a raw kernel's arguments by their own type, not the
+    parameter's: a NumPy scalar as its own bytes (an ``np.float32`` reaching a
+    ``double`` is 4 bytes read as 8), a Python int as 64 bits, a float as a
+    double, and an array as a bare pointer. So every argument is made what the
+    kernel's signature declares (``kernel_parameters``) here: scalars are
+    converted, input arrays cast to their element type (a float64 ``gy`` for a
+    float32 kernel would be read as float32) and made C-contiguous; an output
+    array of the wrong type is a bug in the caller and raises.
     """
     cupy = _cupy()
-    key = (name, np.dtype(dtype))
+    dtype = np.dtype(dtype)
+    key = (name, dtype)
     if key not in _raw_kernels:
         _raw_kernels[key] = cupy.RawKernel(raw_source(name, dtype), name)
     if total == 0:
         return
-    typed = [np.int32(a) if isinstance(a, int) else
-             np.dtype(dtype).type(a) if isinstance(a, float) else a for a in scalars]
+    args = []
+    for (ctype, pointer, const, pname), value in zip(kernel_parameters(name),
+                                                     (*arrays, total, *scalars), strict=True):
+        element = dtype if ctype == "T" else _INTEGER_TYPES[ctype]
+        if not pointer:
+            args.append(element.type(value))
+        elif const:
+            args.append(cupy.ascontiguousarray(value, dtype=element))
+        elif value.dtype != element or not value.flags.c_contiguous:
+            raise TypeError(f"{name}: output {pname} must be a C-contiguous {element} array, "
+                            f"got {value.dtype}")
+        else:
+            args.append(value)
     blocks = min((total + _THREADS - 1) // _THREADS, 1 << 20)   # grid-stride beyond that
-    _raw_kernels[key]((blocks,), (_THREADS,), (*arrays, np.int64(total), *typed))
+    _raw_kernels[key]((blocks,), (_THREADS,), tuple(args))
+
+
+_INTEGER_TYPES = {"int": np.dtype(np.int32), "long long": np.dtype(np.int64)}
+_parameters: dict = {}
+
+
+def kernel_parameters(name: str) -> list:
+    """[(C type, is a pointer, is const, name)] of RAW_SOURCES[name]'s parameters, in order.
+
+    ``const T* x`` is ``("T", True, True, "x")``, ``long long total`` is
+    ``("long long", False, False, "total")``.
+    """
+    if name not in _parameters:
+        signature = re.search(rf"void {name}\((.*?)\)", RAW_SOURCES[name], re.S).group(1)
+        parsed = []
+        for spec in signature.split(","):
+            words = spec.replace("*", " * ").split()
+            const = words[0] == "const"
+            words = words[1:] if const else words
+            pointer = "*" in words
+            words = [w for w in words if w != "*"]
+            parsed.append((" ".join(words[:-1]), pointer, const, words[-1]))
+        _parameters[name] = parsed
+    return _parameters[name]
 
 
 def _elementwise(name):
@@ -282,13 +332,12 @@ def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, OH, OW):
     return y, argmax
 
 
-def max_pool2d_backward(gy, argmax, x_shape, KH, KW, SH, SW, PH, PW, OH, OW):
-    """gx (N, C, H, W): each gy goes to its window's argmax."""
+def max_pool2d_backward(gy, argmax, x_shape, KH, KW, SH, SW, PH, PW, OH, OW, *, dtype):
+    """gx (N, C, H, W) of ``dtype`` (x's): each gy goes to its window's argmax."""
     cupy = _cupy()
     H, W = x_shape[2:]
-    gy = cupy.ascontiguousarray(gy)
-    gx = cupy.empty(x_shape, dtype=gy.dtype)
-    _launch("max_pool_backward", gy.dtype, (gy, argmax, gx), gx.size,
+    gx = cupy.empty(x_shape, dtype=dtype)
+    _launch("max_pool_backward", dtype, (gy, argmax, gx), gx.size,
             H, W, KH, KW, SH, SW, PH, PW, OH, OW)
     return gx
 
@@ -307,7 +356,7 @@ def lrn_forward(x, size, alpha, beta, k):
 def lrn_backward(x, scale, gy, size, alpha, beta):
     """gx of local response normalisation, from x and the forward's scale S."""
     cupy = _cupy()
-    x, gy = cupy.ascontiguousarray(x), cupy.ascontiguousarray(gy)
+    x = cupy.ascontiguousarray(x)       # gy and scale: cast to x's dtype by _launch
     C, L = x.shape[1], int(np.prod(x.shape[2:]))
     gx = cupy.empty_like(x)
     _launch("lrn_backward", x.dtype, (x, scale, gy, gx), x.size, C, np.int64(L),
@@ -316,8 +365,8 @@ def lrn_backward(x, scale, gy, size, alpha, beta):
 
 
 def relu_backward(gy, y):
-    """gy where y > 0, else 0."""
-    return _elementwise("relu_backward")(gy, y)
+    """gy where y > 0, else 0 (of y's dtype: CuPy refuses a T kernel on two dtypes)."""
+    return _elementwise("relu_backward")(gy.astype(y.dtype, copy=False), y)
 
 
 def cross_entropy_forward(x, targets, label_smoothing, keep_softmax):
@@ -341,5 +390,6 @@ def cross_entropy_backward(p, targets, gy, label_smoothing, reduction):
     scale = 1.0 / N if reduction == "mean" else 1.0
     gy_step = 1 if reduction == "none" else 0
     return _elementwise("cross_entropy_backward")(
-        p, cupy.ascontiguousarray(targets, dtype=cupy.int64), cupy.ascontiguousarray(gy),
+        p, cupy.ascontiguousarray(targets, dtype=cupy.int64),
+        cupy.ascontiguousarray(gy, dtype=p.dtype),
         np.int64(K), dtype(label_smoothing), dtype(scale), np.int64(gy_step))
