@@ -41,6 +41,7 @@ how often a diverging loss is noticed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -56,8 +57,8 @@ from .. import __version__, backend
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import CIFAR10, DatasetError, resolve_data_root
 from ..models import INITS
-from .common import (TrainingDiverged, UsageError, check_out_folder, claim_out_folder,
-                     default_out_folder, exit_status, momentum_factor, non_negative_float,
+from .common import (TrainingDiverged, UsageError, claim_out_folder, default_out_folder,
+                     exit_status, hold_out_folder, momentum_factor, non_negative_float,
                      non_negative_int, number, positive_float, positive_int, probability,
                      resolve_device, sigterm_interrupts, write_text)
 from .run import CHECKPOINT_KIND, OUTPUTS, Trainer
@@ -371,14 +372,14 @@ def main(argv=None) -> int:
     diverged), 2 (usage), 130 (Ctrl-C) or 143 (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        with sigterm_interrupts():
-            return _run(argv)
+        with sigterm_interrupts(), contextlib.ExitStack() as held:   # held: the --out folder
+            return _run(argv, held)
     except KeyboardInterrupt as stop:    # a signal before training started, or a second one
         print(f"\n{PROG}: stopped", file=sys.stderr)
         return exit_status(stop)
 
 
-def _run(argv) -> int:
+def _run(argv, held: contextlib.ExitStack) -> int:
     args = build_parser().parse_args(argv)
     given_out = args.out is not None or args.resume is not None
     try:
@@ -394,8 +395,11 @@ def _run(argv) -> int:
                                  f"({config.out}); leave it out")
         else:
             state, config, continuing = None, resolve_config(args), False
-        check_out_folder(config.out, OUTPUTS, given=given_out, replace=args.overwrite,
-                         continuing=continuing, advice=_how_to_continue(config.out))
+        # Held until the run exits: a second run into it (or --resume of it) is refused.
+        config.out = held.enter_context(hold_out_folder(
+            config.out, "cifar", OUTPUTS, given=given_out, replace=args.overwrite,
+            continuing=continuing, advice=_how_to_continue(config.out),
+            resuming=args.resume if continuing else None)).path
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -433,7 +437,7 @@ def _run(argv) -> int:
              if config.final_tta != config.tta else ""))
     checkpoint = os.path.join(config.out, "checkpoint.npz")
     try:
-        config.out = claim_out_folder(config.out, OUTPUTS, given=given_out, replace=args.overwrite)
+        config.out = claim_out_folder(config.out, OUTPUTS, replace=args.overwrite)
         checkpoint = os.path.join(config.out, "checkpoint.npz")
         if state is not None:
             repaired = trainer.repair_outputs(args.resume)
@@ -501,7 +505,7 @@ def _what_is_kept(checkpoint) -> str:
 
 def _write_config(config: Config, argv, params) -> None:
     """config.json: the resolved configuration and where it ran."""
-    record = {"config": dataclasses.asdict(config),
+    record = {"demo": "cifar", "config": dataclasses.asdict(config),
               "command": " ".join([PROG] + [shlex.quote(a) for a in argv]),
               "parameters": params, "device": _device_name(config.device),
               "tinygnet": __version__, "numpy": np.__version__,

@@ -49,6 +49,7 @@ stays small), 300 steps per run, the three initialisations, 2 seeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import io
@@ -67,8 +68,8 @@ from ..diagnostics import GradientMonitor, split_backward
 from ..models import INITS, GoogLeNet, googlenet_loss
 from ..optim import SGD
 from ..tensor import Tensor, no_grad
-from .common import (TrainingDiverged, UsageError, check_out_folder, claim_out_folder,
-                     default_out_folder, describe_loss, exit_status, momentum_factor,
+from .common import (TrainingDiverged, UsageError, claim_out_folder, default_out_folder,
+                     hold_out_folder, describe_loss, exit_status, momentum_factor,
                      non_negative_float, non_negative_int, positive_float, positive_int,
                      probability, resolve_device, sigterm_interrupts, write_text)
 from .plots import new_figure, save_figure
@@ -691,17 +692,20 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        with sigterm_interrupts():
-            return _run(args, argv)
+        with sigterm_interrupts(), contextlib.ExitStack() as held:   # held: the --out folder
+            return _run(args, argv, held)
     except KeyboardInterrupt as stop:
         print(f"\n{PROG}: stopped", file=sys.stderr)
         return exit_status(stop)
 
 
-def _run(args, argv) -> int:
+def _run(args, argv, held: contextlib.ExitStack) -> int:
     try:
         config = resolve_config(args)
-        check_out_folder(config.out, OUTPUTS, given=args.out is not None, replace=args.overwrite)
+        # Held until the run exits: a second run into it is refused.
+        config.out = held.enter_context(hold_out_folder(
+            config.out, "gradflow", OUTPUTS, given=args.out is not None,
+            replace=args.overwrite)).path
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -728,9 +732,8 @@ def _run(args, argv) -> int:
           f"aux heads (weight {config.aux_weight}) and run (b) without, same initial weights")
     started = time.perf_counter()
     try:
-        config.out = claim_out_folder(config.out, OUTPUTS, given=args.out is not None,
-                                      replace=args.overwrite)
-        record = {"config": dataclasses.asdict(config), "command": " ".join([PROG] + argv),
+        config.out = claim_out_folder(config.out, OUTPUTS, replace=args.overwrite)
+        record = {"demo": "gradflow", "config": dataclasses.asdict(config), "command": " ".join([PROG] + argv),
                   "machine": f"{os.cpu_count()} CPU cores" if config.device == "cpu" else config.device,
                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
