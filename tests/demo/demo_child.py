@@ -11,7 +11,10 @@ Used by the demo tests; CIFAR-10 there is a tiny fake with PER_BATCH images per 
 
     python demo_child.py signal-at-step PER_BATCH STEP SIGNAL[xN] -- ARGV...
         Run the demo and send this process SIGNAL (e.g. SIGTERM; SIGTERMx2: twice in a row)
-        after its STEP-th optimiser step; exits with the demo's exit status.
+        after its STEP-th optimiser step (never with STEP 0); exits with the demo's exit status.
+
+With DEMO_CHILD_LOAD_SECONDS=S in the environment, loading the data takes S seconds more, as
+the real CIFAR-10 does (2-3 s): the time between the --out check and the first write.
 
 Plots are drawn by ``fake_plots``: matplotlib takes half a second a figure, and what these
 tests check is where the writes fall, not the pictures. Forking saves every child the imports
@@ -20,6 +23,7 @@ tests check is where the writes fall, not the pictures. Forking saves every chil
 import os
 import signal
 import sys
+import time
 
 import matplotlib.figure  # noqa: F401  (imported once here, inherited by every child)
 
@@ -82,6 +86,15 @@ def main():
     assert separator == "--", "usage: see the docstring"
     tinygnet.data.cifar.IMAGES_PER_BATCH = int(per_batch)     # the fake data's batch size
     run.Trainer.write_plots = fake_plots
+    seconds = float(os.environ.get("DEMO_CHILD_LOAD_SECONDS", 0))
+    if seconds:
+        load = cifar.load_cifar10
+
+        def slow_load(config):
+            time.sleep(seconds)
+            return load(config)
+
+        cifar.load_cifar10 = slow_load
     if mode == "kill-each":
         return kill_each([int(i) for i in first.split(",")], second, argv)
     if mode == "signal-at-step":
