@@ -22,6 +22,7 @@ from tinygnet.demo import cifar
 from tinygnet.demo.cifar import ArrayDataset, Config
 from tinygnet.demo.common import TrainingDiverged
 from tinygnet.demo.run import Trainer
+from tinygnet.models import INITS
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -249,14 +250,46 @@ def test_crop_padding_bounds_the_shifts_of_the_training_crops(tmp_path, padding)
     assert max(shifts) == padding
 
 
-def test_a_checkpoint_with_an_unknown_tta_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("field, value, why, typed", [
+    ("init", "lecun", "one of INITS", True),
+    ("optimizer", "rmsprop", "one of sgd, adam, adamw", True),
+    ("batch_size", 0, "a positive integer", True),
+    ("batch_size", 16.5, "a positive integer", True),
+    ("lr", -0.1, "a number > 0", True),
+    ("lr", "0.1", "a number > 0", False),           # a string in the JSON
+    ("label_smoothing", 1.0, "in [0, 1)", True),
+    ("schedule", "foo", "one of onecycle, cosine, paper, constant", True),
+    ("crop_padding", 99, "an integer from 0 to 16 (half an image)", True),
+    ("tta", "flips", "one of none, mirror, shifts", True),
+    ("width", 50.0, None, True),
+    ("nesterov", "yes", "true or false", False),
+    ("eval_batch_size", True, "a positive integer", False),
+])
+def test_a_saved_configuration_is_checked_by_the_command_line_s_rules(tmp_path, capsys, field,
+                                                                      value, why, typed):
     path = tmp_path / "checkpoint.npz"
-    save_checkpoint(path, {"kind": "tinygnet.demo.cifar",
-                           "config": dataclasses.asdict(tiny_config(tmp_path, tta="flips"))})
+    saved = dataclasses.asdict(tiny_config(tmp_path))
+    saved[field] = value
+    save_checkpoint(path, {"kind": "tinygnet.demo.cifar", "config": saved})
     assert cifar.main(["--resume", str(path), "--device", "cpu"]) == 1
+    why = (why or cifar.RULES[field].what).replace("INITS", ", ".join(INITS))
     assert capsys.readouterr().err == (
         f"python -m tinygnet.demo cifar: error: cannot resume: {str(path)!r}: its configuration "
-        f"has an unknown tta 'flips' (one of none, mirror, shifts)\n")
+        f"has {field} {value!r}, which must be {why}\n")
+    if typed:                                       # the same value on the command line: refused
+        flag = f"--{field.replace('_', '-')}"
+        with pytest.raises(SystemExit):
+            parse(flag, str(value))
+        assert f"argument {flag}: " in capsys.readouterr().err
+
+
+def test_every_setting_has_a_rule_and_the_defaults_keep_them(tmp_path):
+    assert set(cifar.RULES) == {field.name for field in dataclasses.fields(Config)}
+    for device in ("cpu", "cuda:0"):
+        config = tiny_config(tmp_path, device=device)
+        cifar.check_saved_config(dataclasses.asdict(config), "c.npz")
+    for defaults in (cifar.CPU_DEFAULTS, cifar.GPU_DEFAULTS):
+        cifar.check_saved_config(dataclasses.asdict(tiny_config(tmp_path, **defaults)), "c.npz")
 
 
 def test_runs_saved_before_tta_and_crop_padding_resume_as_they_ran(tmp_path):

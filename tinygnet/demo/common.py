@@ -32,7 +32,10 @@ def resolve_device(requested: str) -> str:
 
 
 def number(kind, test, what):
-    """An argparse type: ``kind(text)`` that must pass ``test``, else a message saying ``what``."""
+    """An argparse type: ``kind(text)`` that must pass ``test``, else a message saying ``what``.
+
+    The same rule checks a value read back from a saved configuration: see ``invalid``.
+    """
     def parse(text):
         try:
             value = kind(text)
@@ -42,6 +45,7 @@ def number(kind, test, what):
             raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
         return value
     parse.__name__ = what        # argparse names the type in some messages
+    parse.kind, parse.test, parse.what = kind, test, what
     return parse
 
 
@@ -51,6 +55,36 @@ positive_float = number(float, lambda v: v > 0 and math.isfinite(v), "a number >
 non_negative_float = number(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
 probability = number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 momentum_factor = number(float, lambda v: 0 <= v < 1, "in [0, 1)")   # the range PyTorch users expect
+MAX_WIDTH = 4.0
+width_factor = number(float, lambda v: 0 < v <= MAX_WIDTH,
+                      f"a number > 0 and at most {MAX_WIDTH:g} (1 is the paper's network; the "
+                      f"parameters and their memory grow as the width squared, "
+                      f"{MAX_WIDTH ** 2:g}x the paper's at {MAX_WIDTH:g})")
+
+
+def path_text(text):
+    """An argparse type for a file or folder: any text but the empty one (which names none)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no file or folder")
+    return text
+
+
+path_text.__name__ = "path"
+
+
+def invalid(rule, value):
+    """Why ``value`` breaks ``rule``, or None if it keeps it. ``rule``: a ``number`` type, a
+    tuple of choices, ``bool``, ``str`` or ``path_text``. For values read back from a file."""
+    if isinstance(rule, tuple):
+        return None if value in rule and not isinstance(value, bool) else f"one of {', '.join(map(str, rule))}"
+    if rule is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if rule in (str, path_text):
+        return None if isinstance(value, str) and value else "a non-empty string"
+    kinds = (int,) if rule.kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not rule.test(value):
+        return rule.what
+    return None
 
 
 def write_text(path, text: str) -> None:

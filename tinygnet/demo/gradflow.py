@@ -69,9 +69,9 @@ from ..models import INITS, GoogLeNet, googlenet_loss
 from ..optim import SGD
 from ..tensor import Tensor, no_grad
 from .common import (TrainingDiverged, UsageError, claim_out_folder, default_out_folder,
-                     hold_out_folder, describe_loss, exit_status, momentum_factor,
-                     non_negative_float, non_negative_int, positive_float, positive_int,
-                     probability, resolve_device, sigterm_interrupts, write_text)
+                     describe_loss, exit_status, hold_out_folder, momentum_factor,
+                     non_negative_float, non_negative_int, path_text, positive_float, positive_int,
+                     probability, resolve_device, sigterm_interrupts, width_factor, write_text)
 from .plots import new_figure, save_figure
 
 PROG = "python -m tinygnet.demo gradflow"
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--steps", "training steps of each run", type=positive_int, metavar="N")
     add("--batch-size", "images per step", type=positive_int, metavar="N")
     add("--width", "multiplies every channel count; 1 is the paper's network",
-        type=positive_float, metavar="X")
+        type=width_factor, metavar="X")
     add("--stem-stride", "stride of conv1; 2 runs the Inception stages at 16/8/4 pixels",
         type=int, choices=(1, 2))
     add("--lr", "SGD learning rate (constant)", type=positive_float, metavar="X")
@@ -155,12 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_int, metavar="N")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="cuda if a GPU is usable with CuPy, else cpu (default: auto)")
-    parser.add_argument("--data", metavar="DIR",
+    parser.add_argument("--data", type=path_text, metavar="DIR",
                         help="folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                              "(default: $TINYGNET_DATA, else ~/.cache/tinygnet)")
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="never download CIFAR-10; fail if it is not found")
-    parser.add_argument("--out", metavar="DIR",
+    parser.add_argument("--out", type=path_text, metavar="DIR",
                         help="output folder (default: runs/gradflow-DATE-TIME)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in an --out that holds an earlier run, replacing its "
