@@ -399,7 +399,15 @@ def test_quick_run_writes_every_output(fake_cifar, tmp_path, capsys):
         assert f"  {name} " in printed
 
     assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "config.json", "curves.png",
-                                       "metrics.csv", "per_class.png"]
+                                       "metrics.csv", "per_class.png", "results.json"]
+    # The headline number is kept in the run, with the views it averaged.
+    results = json.loads((out / "results.json").read_text())
+    assert results["final_test"] == {"tta": "shifts", "views": [list(v) for v in
+                                                                cifar.TTA_VIEWS["shifts"]],
+                                     "accuracy": trainer_acc,
+                                     "seconds": results["final_test"]["seconds"]}
+    assert results["each_epoch"]["tta"] == "mirror" and results["epochs"] == 1
+    assert results["test_images"] == 64                 # all the fake data's test images
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["epoch"] == "1"
@@ -419,6 +427,34 @@ def test_quick_run_writes_every_output(fake_cifar, tmp_path, capsys):
     assert (f"resuming from {out / 'checkpoint.npz'}: the run is already finished (1 of 1 epoch), "
             f"nothing to train; to train longer, start a new run with a larger --epochs") in printed
     assert "final test accuracy" in printed and "epoch 2" not in printed
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_in_the_final_test_says_training_is_saved_and_resume_tests_again(
+        fake_cifar, fast_plots, tmp_path, monkeypatch, capsys, signum):
+    from tinygnet.demo import training
+    out, real_evaluate = tmp_path / "run", training.evaluate
+
+    def stopped_in_the_final_test(*args, tta, **kwargs):
+        if tta == "shifts":
+            signal.raise_signal(signum)
+        return real_evaluate(*args, tta=tta, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", stopped_in_the_final_test)
+    argv = SMALL + ["--data", fake_cifar, "--out", str(out), "--tta", "none", "--final-tta", "shifts"]
+    assert cifar.main(argv) == 128 + signum
+    checkpoint = out / "checkpoint.npz"
+    assert capsys.readouterr().err == (
+        f"\nstopped during the final test. Training finished and is saved in {checkpoint}; run "
+        f"the final test again with:\n  python -m tinygnet.demo cifar --resume {checkpoint}\n")
+    assert not (out / "results.json").exists()
+
+    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    assert cifar.main(["--resume", str(checkpoint), "--data", fake_cifar, "--device", "cpu",
+                       "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["final_test"]["tta"] == "shifts" and results["each_epoch"]["tta"] == "none"
+    assert f"test accuracy {100 * results['final_test']['accuracy']:.2f}%" in capsys.readouterr().out
 
 
 def _final_views_accuracy(out) -> float:
@@ -537,7 +573,7 @@ def test_an_existing_run_is_refused_and_kept(fake_cifar, fast_plots, tmp_path, c
     err = capsys.readouterr().err
     assert err == (f"python -m tinygnet.demo cifar: error: --out {out} already holds a run "
                    f"(config.json, metrics.csv, checkpoint.npz, best.npz, curves.png, "
-                   f"per_class.png): continue it with --resume {out / 'checkpoint.npz'}, start "
+                   f"per_class.png, results.json): continue it with --resume {out / 'checkpoint.npz'}, start "
                    f"it over with --overwrite (which replaces those files), or choose another "
                    f"--out\n")
     # Resuming from best.npz would write over the newer checkpoint.npz beside it: refused too.

@@ -16,11 +16,15 @@ What one run does:
    with the main head only in eval mode, write ``checkpoint.npz``, then
    ``best.npz`` when the test accuracy improves, then ``metrics.csv``,
    ``curves.png`` and ``per_class.png``, each file atomically;
-4. at the end print the final and best test accuracy, the time and the
-   per-class accuracy.
+4. at the end test the final weights on ``--final-tta``'s views, write
+   ``results.json`` (each accuracy with the views it averaged) and print the
+   final and best test accuracy, the time and the per-class accuracy.
 
-Nothing saved is lost. ``--out`` is checked before any data is loaded; one
-that holds an earlier run is refused unless ``--overwrite``. ``checkpoint.npz``
+Nothing saved is lost, and no run is mixed with another. ``--out`` is
+checked and held before any data is loaded: a second run into it, or a
+``--resume`` of the run while it runs, is refused (``common.hold_out_folder``);
+one that holds an earlier run is refused unless ``--overwrite``, and one that
+holds the other demo's run is refused even then. ``checkpoint.npz``
 is written first at the end of an epoch: the other outputs are derived from
 it, so a kill at any moment leaves them at most one epoch behind it, and
 ``--resume`` brings them up to date. A loss that is NaN or infinite stops the
@@ -196,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "minutes on 2 cores; GPU: the full-width network); the resolved values are printed "
                     "and saved to OUT/config.json.",
         epilog="Outputs in --out: config.json, metrics.csv, curves.png, per_class.png, "
-               "checkpoint.npz (every epoch) and best.npz (best test accuracy). "
+               "checkpoint.npz (every epoch), best.npz (best test accuracy) and, at the end, "
+               "results.json (the final test accuracies and the views they averaged). "
                "Ctrl-C or SIGTERM saves a checkpoint; continue with --resume OUT/checkpoint.npz. "
                "A loss that becomes NaN or infinite stops the run (exit status 1).")
     # Defaults are None: "not given", so device defaults and --resume can tell.
@@ -301,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output folder (default: runs/cifar-DATE-TIME; with --resume, the "
                             "checkpoint's folder)")
     files.add_argument("--resume", type=path_text, metavar="PATH",
-                       help="continue the run saved in this checkpoint exactly where it stopped")
+                       help="continue the run saved in this checkpoint exactly where it stopped "
+                            "(a finished run: its final test again)")
     files.add_argument("--overwrite", action="store_true",
                        help="start over in an --out that holds an earlier run, replacing its "
                             "outputs (without it, such an --out is refused)")
@@ -476,9 +482,7 @@ def _run(argv, held: contextlib.ExitStack) -> int:
             print(f"resuming from {args.resume}: the run is already finished "
                   f"({trainer.epoch} of {_plural(config.epochs, 'epoch')}), nothing to train; "
                   f"to train longer, start a new run with a larger --epochs")
-            _print_summary(trainer.summary(interrupted=False), trainer.classes, config,
-                           _final_test(trainer))
-            return 0
+            return _finish(trainer, trainer.summary(interrupted=False), checkpoint)
         if state is not None:
             print(f"resuming from {args.resume}: epoch {trainer.epoch + 1} of {config.epochs}, "
                   f"step {trainer.step} of {len(trainer.train_loader)}")
@@ -504,8 +508,38 @@ def _run(argv, held: contextlib.ExitStack) -> int:
         print(f"stopped; checkpoint saved. Resume with:\n"
               f"  {PROG} --resume {shlex.quote(result['checkpoint'])}")
         return 128 + result["stopped_by"]
-    _print_summary(result, trainer.classes, config, _final_test(trainer))
+    return _finish(trainer, result, checkpoint)
+
+
+def _finish(trainer, result, checkpoint) -> int:
+    """After the last epoch: the final test, results.json, the summary; the exit status."""
+    try:
+        final = _final_test(trainer)
+    except KeyboardInterrupt as stop:
+        print(f"\nstopped during the final test. Training finished and is saved in "
+              f"{checkpoint}; run the final test again with:\n"
+              f"  {PROG} --resume {shlex.quote(checkpoint)}", file=sys.stderr)
+        return exit_status(stop)
+    write_text(os.path.join(trainer.config.out, "results.json"),
+               json.dumps(_results(trainer, result, final), indent=2) + "\n")
+    _print_summary(result, trainer.classes, trainer.config, final)
     return 0
+
+
+def _results(trainer, result, final) -> dict:
+    """results.json: the run's accuracies, each with the views of every test image it averaged
+    (TTA_VIEWS: (rows moved, columns moved, mirrored)). ``final_test`` is the headline number:
+    the final weights on --final-tta's views."""
+    config = trainer.config
+
+    def views(tta):
+        return {"tta": tta, "views": [list(view) for view in TTA_VIEWS[tta]]}
+
+    accuracy, seconds = final if final is not None else (result["final_test_acc"], None)
+    return {"epochs": result["epochs"], "test_images": len(trainer.test_loader.labels),
+            "final_test": {**views(config.final_tta), "accuracy": accuracy, "seconds": seconds},
+            "each_epoch": {**views(config.tta), "final": result["final_test_acc"],
+                           "best": result["best_test_acc"], "best_epoch": result["best_epoch"]}}
 
 
 def _how_to_continue(out) -> str:
@@ -581,7 +615,7 @@ def _print_summary(result, classes, config, final_views_acc=None) -> None:
             accuracy = right / total if total else math.nan
             print(f"  {name:<12} {100 * accuracy:6.2f}%  ({right}/{total})")
     print(f"\noutputs in {config.out}: config.json, metrics.csv, curves.png, per_class.png, "
-          f"checkpoint.npz, best.npz")
+          f"checkpoint.npz, best.npz, results.json")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ def invalid(rule, value):
     """Why ``value`` breaks ``rule``, or None if it keeps it. ``rule``: a ``number`` type, a
     tuple of choices, ``bool``, ``str`` or ``path_text``. For values read back from a file."""
     if isinstance(rule, tuple):
-        return None if value in rule and not isinstance(value, bool) else f"one of {', '.join(map(str, rule))}"
+        if value in rule and not isinstance(value, bool):
+            return None
+        return f"one of {', '.join(map(str, rule))}"
     if rule is bool:
         return None if isinstance(value, bool) else "true or false"
     if rule in (str, path_text):
