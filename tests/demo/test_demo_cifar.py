@@ -493,6 +493,9 @@ def test_help_and_subcommands():
     assert listing.returncode == 0 and "cifar" in listing.stdout
     unknown = _demo("nope")
     assert unknown.returncode == 2 and "unknown subcommand 'nope'" in unknown.stderr
+    nothing = _demo()
+    assert (nothing.returncode, nothing.stdout) == (2, "")
+    assert nothing.stderr.startswith("error: a subcommand is required\n\nusage: ")
 
 
 # --------------------------------------------------------------------------
