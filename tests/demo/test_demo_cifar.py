@@ -369,6 +369,12 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert cifar.main(["--resume", str(path), "--lr", "0.5", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "--lr 0.5 (saved: 0.05)" in err and "Traceback" not in err
+    # Flags as they are spelled: there is no "--aux False".
+    assert cifar.main(["--resume", str(path), "--no-aux", "--no-batchnorm", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        "python -m tinygnet.demo cifar: error: --resume continues the saved run with its own "
+        "configuration; these options differ from it: --no-batchnorm (saved: batchnorm on), "
+        "--no-aux (saved: aux on)\n")
 
 
 def test_resume_from_a_bad_file_names_it(tmp_path, capsys):
@@ -591,6 +597,19 @@ def test_an_existing_run_is_refused_and_kept(fake_cifar, fast_plots, tmp_path, c
     assert cifar.main(argv + ["--overwrite", "--lr", "1e20"]) == 1
     assert os.listdir(out) == ["config.json"]
     assert json.loads((out / "config.json").read_text())["config"]["lr"] == 1e20
+
+
+def test_a_resume_into_a_new_out_says_what_it_copied_there(fake_cifar, fast_plots, tmp_path,
+                                                            capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert cifar.main(SMALL + ["--data", fake_cifar, "--out", str(first)]) == 0
+    capsys.readouterr()
+    assert cifar.main(["--resume", str(first / "checkpoint.npz"), "--out", str(second),
+                       "--data", fake_cifar, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert (f"written from the checkpoint into {second}: best.npz, metrics.csv, curves.png, "
+            f"per_class.png\n") in printed
+    assert "stopped between two writes" not in printed
 
 
 def test_default_output_folders_never_collide(fake_cifar, fast_plots, tmp_path, monkeypatch, capsys):

@@ -348,10 +348,23 @@ def _given(args) -> dict:
             if name in fields and value is not None}
 
 
+def _as_flag(name, value) -> str:
+    """A setting as the command line spells it: "--lr 0.1", "--nesterov", "--no-aux"."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
+
+
+def _saved_value(name, value) -> str:
+    """A saved setting for a message: "0.05", "aux on", "batchnorm off"."""
+    return f"{name} {'on' if value else 'off'}" if isinstance(value, bool) else str(value)
+
+
 def config_for_resume(args, saved: dict, checkpoint_path: str) -> Config:
     """The saved configuration; flags that would change the computation are refused."""
     config = check_saved_config(saved, checkpoint_path)
-    conflicts = [f"--{name.replace('_', '-')} {value} (saved: {getattr(config, name)})"
+    conflicts = [f"{_as_flag(name, value)} (saved: {_saved_value(name, getattr(config, name))})"
                  for name, value in _given(args).items()
                  if name not in RESUMABLE_OVERRIDES and value != getattr(config, name)]
     if args.quick and not config.quick:
@@ -473,9 +486,11 @@ def _run(argv, held: contextlib.ExitStack) -> int:
         checkpoint = os.path.join(config.out, "checkpoint.npz")
         if state is not None:
             repaired = trainer.repair_outputs(args.resume)
-            if repaired:
+            if repaired and continuing:
                 print(f"brought up to date with the checkpoint (the run had stopped between two "
                       f"writes): {', '.join(repaired)}")
+            elif repaired:
+                print(f"written from the checkpoint into {config.out}: {', '.join(repaired)}")
         if not os.path.exists(os.path.join(config.out, "config.json")):
             _write_config(config, argv, params)
         if state is not None and trainer.epoch >= config.epochs:
