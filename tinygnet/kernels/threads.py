@@ -107,8 +107,9 @@ def parallel_for(total: int, body, min_chunk: int = 1) -> None:
     least ``min_chunk`` long, so small work runs in one call, on this thread:
     a hand-off to another thread costs a wake-up, then the GIL passed back
     and forth between NumPy calls (the README's Performance section has the
-    measured cost). An exception in any chunk is raised here, after every
-    chunk has finished. A ``parallel_for`` inside a chunk runs inline.
+    measured cost). Every chunk runs under the caller's ``np.errstate``. An
+    exception in any chunk is raised here, after every chunk has finished. A
+    ``parallel_for`` inside a chunk runs inline.
     """
     global _executor
     chunks = max(1, min(_num_threads, total // max(1, min_chunk)))
@@ -119,6 +120,9 @@ def parallel_for(total: int, body, min_chunk: int = 1) -> None:
         _blas_single_threaded()
         _executor = ThreadPoolExecutor(_num_threads - 1, thread_name_prefix="tinygnet")
     bounds = [total * i // chunks for i in range(chunks + 1)]
+    # NumPy's floating-point error handling (np.errstate) belongs to each thread: the worker
+    # chunks take the caller's, so a run that silences overflow is silent in every chunk.
+    errors = np.geterr()
 
     def run(start, stop):
         _in_worker.active = True
@@ -127,7 +131,12 @@ def parallel_for(total: int, body, min_chunk: int = 1) -> None:
         finally:
             _in_worker.active = False
 
-    futures = [_executor.submit(run, bounds[i], bounds[i + 1]) for i in range(1, chunks)]
+    def run_as_the_caller(start, stop):
+        with np.errstate(**errors):
+            run(start, stop)
+
+    futures = [_executor.submit(run_as_the_caller, bounds[i], bounds[i + 1])
+               for i in range(1, chunks)]
     try:
         run(bounds[0], bounds[1])       # the first chunk runs on the calling thread
     finally:
