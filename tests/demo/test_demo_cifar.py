@@ -420,6 +420,7 @@ def test_quick_run_writes_every_output(fake_cifar, tmp_path, capsys):
     assert {"loss", "loss_main", "loss_aux1", "loss_aux2", "train_acc", "test_acc"} <= set(rows[0])
     record = json.loads((out / "config.json").read_text())
     assert record["config"]["quick"] and record["config"]["width"] == cifar.QUICK_OVERRIDES["width"]
+    assert record["demo"] == "cifar"                  # the folder's demo (common.folder_demo)
     assert record["config"]["train_images"] == cifar.QUICK_OVERRIDES["train_images"]
     for png in ("curves.png", "per_class.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
