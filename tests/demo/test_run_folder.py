@@ -157,8 +157,9 @@ def test_overwrite_refuses_a_run_of_the_other_demo(demo, other, files, marker, t
     for overwrite in ([], ["--overwrite"]):
         assert demo.main(["--out", str(out), "--data", str(tmp_path / "none"), "--no-download",
                           *overwrite]) == 2
+        own = demo.__name__.rsplit(".", 1)[1]
         assert capsys.readouterr().err == (
             f"{demo.PROG}: error: --out {out} holds a run of the {other} demo; a folder holds one "
-            f"run: choose another --out" + (f" (--overwrite replaces only a {demo.__name__.split('.')[-1]} run)"
-                                            if overwrite else "") + "\n")
+            f"run: choose another --out"
+            + (f" (--overwrite replaces only a {own} run)" if overwrite else "") + "\n")
     assert sorted(os.listdir(out)) == before

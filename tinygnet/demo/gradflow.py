@@ -733,7 +733,8 @@ def _run(args, argv, held: contextlib.ExitStack) -> int:
     started = time.perf_counter()
     try:
         config.out = claim_out_folder(config.out, OUTPUTS, replace=args.overwrite)
-        record = {"demo": "gradflow", "config": dataclasses.asdict(config), "command": " ".join([PROG] + argv),
+        record = {"demo": "gradflow", "config": dataclasses.asdict(config),
+                  "command": " ".join([PROG] + argv),
                   "machine": f"{os.cpu_count()} CPU cores" if config.device == "cpu" else config.device,
                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
