@@ -121,6 +121,35 @@ def test_a_folder_held_by_another_process_is_refused_before_the_data(demo, tmp_p
     assert not out.exists()
 
 
+@pytest.mark.parametrize("existed", [True, False])    # False: the first run made the folder
+def test_a_hold_taken_as_the_last_holder_lets_go_is_the_one_every_later_run_sees(tmp_path,
+                                                                                  monkeypatch,
+                                                                                  existed):
+    """The run that ends removes the lock file (and the folder it made, if empty): one that
+    opened the file just before must not hold that removed file, which no later run would see."""
+    out = str(tmp_path / "run")
+    if existed:
+        os.mkdir(out)
+    first = common.hold_out_folder(out, "cifar", ())
+    real_flock = common.fcntl.flock
+
+    def first_lets_go_then_flock(fd, operation):          # between our open and our flock
+        if first._fd is not None:
+            first.release()
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(common.fcntl, "flock", first_lets_go_then_flock)
+    second = common.hold_out_folder(out, "cifar", ())
+    monkeypatch.setattr(common.fcntl, "flock", real_flock)
+    try:
+        with pytest.raises(common.FolderBusy) as refused:
+            common.hold_out_folder(out, "cifar", ())
+        assert refused.value.pid == os.getpid()
+    finally:
+        second.release()
+    assert os.listdir(out) == []
+
+
 def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
     out = tmp_path / "new" / "run"
     assert cifar.main(["--out", str(out), "--data", str(tmp_path / "none"), "--no-download",
