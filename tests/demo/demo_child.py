@@ -11,14 +11,15 @@ Used by the demo tests; CIFAR-10 there is a tiny fake with PER_BATCH images per 
 
     python demo_child.py signal-at-step PER_BATCH STEP SIGNAL[xN] -- ARGV...
         Run the demo and send this process SIGNAL (e.g. SIGTERM; SIGTERMx2: twice in a row)
-        after its STEP-th optimiser step (never with STEP 0); exits with the demo's exit status.
-
-With DEMO_CHILD_LOAD_SECONDS=S in the environment, loading the data takes S seconds more, as
-the real CIFAR-10 does (2-3 s): the time between the --out check and the first write.
+        after its STEP-th optimiser step; exits with the demo's exit status.
 
 Plots are drawn by ``fake_plots``: matplotlib takes half a second a figure, and what these
 tests check is where the writes fall, not the pictures. Forking saves every child the imports
 (a second each); the parent computes nothing, so no worker thread exists to be lost in a fork.
+
+STEP 0 never comes: signal-at-step with STEP 0 is a plain run of the demo. With
+DEMO_CHILD_LOAD_SECONDS=S in the environment, loading the data takes S seconds more, as the real
+CIFAR-10 does (2-3 s): the time between the --out check and the first write.
 """
 import os
 import signal

@@ -107,9 +107,8 @@ def parallel_for(total: int, body, min_chunk: int = 1) -> None:
     least ``min_chunk`` long, so small work runs in one call, on this thread:
     a hand-off to another thread costs a wake-up, then the GIL passed back
     and forth between NumPy calls (the README's Performance section has the
-    measured cost). Every chunk runs under the caller's ``np.errstate``. An
-    exception in any chunk is raised here, after every chunk has finished. A
-    ``parallel_for`` inside a chunk runs inline.
+    measured cost). An exception in any chunk is raised here, after every
+    chunk has finished. A ``parallel_for`` inside a chunk runs inline.
     """
     global _executor
     chunks = max(1, min(_num_threads, total // max(1, min_chunk)))
