@@ -72,3 +72,16 @@ def test_no_input_requiring_grad_is_an_error(rng):
 def test_returns_false_when_asked_not_to_raise(rng):
     assert gradcheck(lambda x: SquareWithBug.apply(x), [x64(rng, 2, 3)],
                      raise_exception=False) is False
+
+
+def test_an_output_that_is_not_a_tensor_is_named(rng):
+    with pytest.raises(TypeError, match=r"output 0 is a numpy.ndarray, which has no gradient"):
+        gradcheck(lambda x: (x * x).data, [x64(rng, 3)])
+    with pytest.raises(TypeError, match=r"output 1 is a numpy.ndarray"):
+        gradcheck(lambda x: (x * x, x.numpy()), [x64(rng, 3)])
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-6, float("nan"), float("inf")])
+def test_a_step_that_is_not_positive_is_refused(rng, eps):
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        gradcheck(lambda x: x * x, [x64(rng, 3)], eps=eps)

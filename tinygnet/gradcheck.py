@@ -55,7 +55,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, mode="full",
 
     Raises:
         GradcheckError naming the input, the worst element's index, and the
-        analytic and numeric values; TypeError for non-float64 inputs.
+        analytic and numeric values; TypeError for non-float64 inputs or an
+        output that is not a Tensor; ValueError for an ``eps`` that is not > 0.
     """
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     checked = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.requires_grad]
@@ -69,10 +70,18 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, mode="full",
                 f"gradient errors the check is meant to find.")
     if mode not in ("full", "directional"):
         raise ValueError(f"gradcheck: mode must be 'full' or 'directional', got {mode!r}")
+    if not eps > 0 or not np.isfinite(eps):
+        raise ValueError(f"gradcheck: eps must be a finite number > 0 (the step of the finite "
+                         f"difference), got {eps!r}")
     rng = np.random.default_rng(seed)
 
     # 1. analytic gradients of L = sum_k sum(y_k * gy_k)
     outputs = _as_tuple(fn(*inputs))
+    for k, y in enumerate(outputs):
+        if not isinstance(y, Tensor):
+            raise TypeError(f"gradcheck: fn must return a Tensor or a tuple of Tensors; "
+                            f"output {k} is a {type(y).__module__}.{type(y).__name__}, which has "
+                            f"no gradient to check (was it computed from .data or .numpy()?)")
     xp = get_array_module(outputs[0].data)
     upstream = [xp.asarray(rng.standard_normal(y.shape)).astype(y.dtype) for y in outputs]
     for i in checked:

@@ -362,8 +362,20 @@ def test_killed_unpack_never_leaves_a_complete_looking_folder(tmp_path, monkeypa
     assert not (tmp_path / cifar.FOLDER_NAME).exists()
     staging = [name for name in leftovers(tmp_path) if name != cifar.ARCHIVE_NAME]
     assert len(staging) == 1 and staging[0].startswith(".") and staging[0].endswith(".partial")
-    # The next run unpacks again from scratch.
+    # The next run unpacks again from scratch, and clears what the killed one left.
     assert len(CIFAR10(tmp_path, train=False, download=False)) == PER_BATCH
+    assert leftovers(tmp_path) == sorted([cifar.ARCHIVE_NAME, cifar.FOLDER_NAME])
+
+
+def test_a_staging_folder_is_removed_only_once_no_unpack_holds_it(tmp_path):
+    staging, held = cifar._new_staging(str(tmp_path))        # an unpack under way
+    try:
+        assert cifar.remove_stale_staging(str(tmp_path)) == []
+        assert os.path.isdir(staging)
+    finally:
+        os.close(held)                                         # its process ends (or dies)
+    assert cifar.remove_stale_staging(str(tmp_path)) == [staging]
+    assert leftovers(tmp_path) == []
 
 
 def test_interrupted_unpack_cleans_up(tmp_path, monkeypatch):
@@ -424,4 +436,48 @@ def test_archive_damaged_mid_stream_is_called_corrupt(tmp_path):
     assert f"{tmp_path / cifar.ARCHIVE_NAME} is corrupt or incomplete" in message
     assert "data_batch_3" in message and "download it again" in message
     assert ".partial" not in message
+    assert leftovers(tmp_path) == [cifar.ARCHIVE_NAME]
+
+
+def test_an_unreadable_batch_is_called_unreadable_not_damaged(tmp_path, monkeypatch):
+    write_folder(tmp_path)
+    denied = str(tmp_path / cifar.FOLDER_NAME / "test_batch")
+    real_open = open
+
+    def permission_denied(path, *args, **kwargs):   # chmod 000 does not stop root, who runs CI
+        if os.fspath(path) == denied:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(cifar, "open", permission_denied, raising=False)
+    with pytest.raises(DatasetError) as caught:
+        CIFAR10(tmp_path, train=False, download=False)
+    assert str(caught.value) == (f"cannot read {denied}: Permission denied; make it readable (it "
+                                 f"is not damaged as far as tinygnet can tell)")
+
+
+@pytest.mark.parametrize("inside", [cifar.FOLDER_NAME, cifar.ARCHIVE_NAME])
+def test_pointing_at_the_data_itself_names_the_folder_above(tmp_path, inside):
+    write_folder(tmp_path)
+    (tmp_path / cifar.ARCHIVE_NAME).write_bytes(archive_bytes(official_files()))
+    before = leftovers(tmp_path)
+    what = ("the unpacked cifar-10-batches-py/ folder itself" if inside == cifar.FOLDER_NAME
+            else "the cifar-10-python.tar.gz archive itself")
+    with pytest.raises(DatasetNotFoundError) as caught:
+        CIFAR10(tmp_path / inside, fetch=no_network, progress=False)
+    assert str(caught.value) == (f"the data folder {tmp_path / inside} is {what}; tinygnet wants "
+                                 f"the folder that holds it: {tmp_path} (--data DIR or "
+                                 f"$TINYGNET_DATA)")
+    assert leftovers(tmp_path) == before and os.listdir(tmp_path / cifar.FOLDER_NAME) != []
+
+
+def test_an_archive_of_random_bytes_is_one_line(tmp_path):
+    archive = tmp_path / cifar.ARCHIVE_NAME
+    archive.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(CorruptDatasetError) as caught:
+        CIFAR10(tmp_path, download=False)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{archive} is not a readable tar.gz archive (not a tar archive, "
+                              f"compressed or not); delete it and try again.")
     assert leftovers(tmp_path) == [cifar.ARCHIVE_NAME]

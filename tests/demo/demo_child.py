@@ -19,10 +19,15 @@ Used by the demo tests; CIFAR-10 there is a tiny fake with PER_BATCH images per 
 Plots are drawn by ``fake_plots``: matplotlib takes half a second a figure, and what these
 tests check is where the writes fall, not the pictures. Forking saves every child the imports
 (a second each); the parent computes nothing, so no worker thread exists to be lost in a fork.
+
+STEP 0 never comes: signal-at-step with STEP 0 is a plain run of the demo. With
+DEMO_CHILD_LOAD_SECONDS=S in the environment, loading the data takes S seconds more, as the real
+CIFAR-10 does (2-3 s): the time between the --out check and the first write.
 """
 import os
 import signal
 import sys
+import time
 
 import matplotlib.figure  # noqa: F401  (imported once here, inherited by every child)
 
@@ -85,6 +90,15 @@ def main():
     assert separator == "--", "usage: see the docstring"
     tinygnet.data.cifar.IMAGES_PER_BATCH = int(per_batch)     # the fake data's batch size
     run.Trainer.write_plots = fake_plots
+    seconds = float(os.environ.get("DEMO_CHILD_LOAD_SECONDS", 0))
+    if seconds:
+        load = cifar.load_cifar10
+
+        def slow_load(config):
+            time.sleep(seconds)
+            return load(config)
+
+        cifar.load_cifar10 = slow_load
     if mode == "kill-each":
         return kill_each([int(i) for i in first.split(",")], second, argv)
     if mode in ("signal-at-step", "gradflow-signal-at-step"):

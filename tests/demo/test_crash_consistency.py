@@ -23,7 +23,7 @@ import pytest
 
 import tinygnet.checkpoint
 from tinygnet.checkpoint import load_checkpoint
-from tinygnet.demo import cifar, run
+from tinygnet.demo import cifar, common, run
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_child.py")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -93,10 +93,13 @@ def reference(learnable_cifar, tmp_path_factory):
 def assert_consistent(out, reference, event):
     """What a kill at write step ``event`` may leave in ``out``."""
     names = os.listdir(out) if os.path.isdir(out) else []
-    temporary = [name for name in names if name.startswith(".")]
+    # The killed run held the folder from its --out check: its lock file stays, the lock
+    # itself died with the process (the resume below would be refused if it had not).
+    assert common.LOCK_NAME in names
+    temporary = [name for name in names if name.startswith(".") and name != common.LOCK_NAME]
     # A temporary file exists only between its creation and its rename.
     assert len(temporary) == (1 if event == "written" else 0), temporary
-    assert set(names) - set(temporary) <= set(run.OUTPUTS)
+    assert set(names) - set(temporary) <= set(run.OUTPUTS) | {common.LOCK_NAME}
     if "config.json" in names:
         with open(os.path.join(out, "config.json")) as f:
             assert json.load(f)["config"]["seed"] == SEED

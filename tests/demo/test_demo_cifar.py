@@ -22,6 +22,7 @@ from tinygnet.demo import cifar
 from tinygnet.demo.cifar import ArrayDataset, Config
 from tinygnet.demo.common import TrainingDiverged
 from tinygnet.demo.run import Trainer
+from tinygnet.models import INITS
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -249,14 +250,46 @@ def test_crop_padding_bounds_the_shifts_of_the_training_crops(tmp_path, padding)
     assert max(shifts) == padding
 
 
-def test_a_checkpoint_with_an_unknown_tta_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("field, value, why, typed", [
+    ("init", "lecun", "one of INITS", True),
+    ("optimizer", "rmsprop", "one of sgd, adam, adamw", True),
+    ("batch_size", 0, "a positive integer", True),
+    ("batch_size", 16.5, "a positive integer", True),
+    ("lr", -0.1, "a number > 0", True),
+    ("lr", "0.1", "a number > 0", False),           # a string in the JSON
+    ("label_smoothing", 1.0, "in [0, 1)", True),
+    ("schedule", "foo", "one of onecycle, cosine, paper, constant", True),
+    ("crop_padding", 99, "an integer from 0 to 16 (half an image)", True),
+    ("tta", "flips", "one of none, mirror, shifts", True),
+    ("width", 50.0, None, True),
+    ("nesterov", "yes", "true or false", False),
+    ("eval_batch_size", True, "a positive integer", False),
+])
+def test_a_saved_configuration_is_checked_by_the_command_line_s_rules(tmp_path, capsys, field,
+                                                                      value, why, typed):
     path = tmp_path / "checkpoint.npz"
-    save_checkpoint(path, {"kind": "tinygnet.demo.cifar",
-                           "config": dataclasses.asdict(tiny_config(tmp_path, tta="flips"))})
+    saved = dataclasses.asdict(tiny_config(tmp_path))
+    saved[field] = value
+    save_checkpoint(path, {"kind": "tinygnet.demo.cifar", "config": saved})
     assert cifar.main(["--resume", str(path), "--device", "cpu"]) == 1
+    why = (why or cifar.RULES[field].what).replace("INITS", ", ".join(INITS))
     assert capsys.readouterr().err == (
         f"python -m tinygnet.demo cifar: error: cannot resume: {str(path)!r}: its configuration "
-        f"has an unknown tta 'flips' (one of none, mirror, shifts)\n")
+        f"has {field} {value!r}, which must be {why}\n")
+    if typed:                                       # the same value on the command line: refused
+        flag = f"--{field.replace('_', '-')}"
+        with pytest.raises(SystemExit):
+            parse(flag, str(value))
+        assert f"argument {flag}: " in capsys.readouterr().err
+
+
+def test_every_setting_has_a_rule_and_the_defaults_keep_them(tmp_path):
+    assert set(cifar.RULES) == {field.name for field in dataclasses.fields(Config)}
+    for device in ("cpu", "cuda:0"):
+        config = tiny_config(tmp_path, device=device)
+        cifar.check_saved_config(dataclasses.asdict(config), "c.npz")
+    for defaults in (cifar.CPU_DEFAULTS, cifar.GPU_DEFAULTS):
+        cifar.check_saved_config(dataclasses.asdict(tiny_config(tmp_path, **defaults)), "c.npz")
 
 
 def test_runs_saved_before_tta_and_crop_padding_resume_as_they_ran(tmp_path):
@@ -336,6 +369,12 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert cifar.main(["--resume", str(path), "--lr", "0.5", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "--lr 0.5 (saved: 0.05)" in err and "Traceback" not in err
+    # Flags as they are spelled: there is no "--aux False".
+    assert cifar.main(["--resume", str(path), "--no-aux", "--no-batchnorm", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        "python -m tinygnet.demo cifar: error: --resume continues the saved run with its own "
+        "configuration; these options differ from it: --no-batchnorm (saved: batchnorm on), "
+        "--no-aux (saved: aux on)\n")
 
 
 def test_resume_from_a_bad_file_names_it(tmp_path, capsys):
@@ -366,13 +405,22 @@ def test_quick_run_writes_every_output(fake_cifar, tmp_path, capsys):
         assert f"  {name} " in printed
 
     assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "config.json", "curves.png",
-                                       "metrics.csv", "per_class.png"]
+                                       "metrics.csv", "per_class.png", "results.json"]
+    # The headline number is kept in the run, with the views it averaged.
+    results = json.loads((out / "results.json").read_text())
+    assert results["final_test"] == {"tta": "shifts", "views": [list(v) for v in
+                                                                cifar.TTA_VIEWS["shifts"]],
+                                     "accuracy": trainer_acc,
+                                     "seconds": results["final_test"]["seconds"]}
+    assert results["each_epoch"]["tta"] == "mirror" and results["epochs"] == 1
+    assert results["test_images"] == 64                 # all the fake data's test images
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["epoch"] == "1"
     assert {"loss", "loss_main", "loss_aux1", "loss_aux2", "train_acc", "test_acc"} <= set(rows[0])
     record = json.loads((out / "config.json").read_text())
     assert record["config"]["quick"] and record["config"]["width"] == cifar.QUICK_OVERRIDES["width"]
+    assert record["demo"] == "cifar"                  # the folder's demo (common.folder_demo)
     assert record["config"]["train_images"] == cifar.QUICK_OVERRIDES["train_images"]
     for png in ("curves.png", "per_class.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -386,6 +434,34 @@ def test_quick_run_writes_every_output(fake_cifar, tmp_path, capsys):
     assert (f"resuming from {out / 'checkpoint.npz'}: the run is already finished (1 of 1 epoch), "
             f"nothing to train; to train longer, start a new run with a larger --epochs") in printed
     assert "final test accuracy" in printed and "epoch 2" not in printed
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_in_the_final_test_says_training_is_saved_and_resume_tests_again(
+        fake_cifar, fast_plots, tmp_path, monkeypatch, capsys, signum):
+    from tinygnet.demo import training
+    out, real_evaluate = tmp_path / "run", training.evaluate
+
+    def stopped_in_the_final_test(*args, tta, **kwargs):
+        if tta == "shifts":
+            signal.raise_signal(signum)
+        return real_evaluate(*args, tta=tta, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", stopped_in_the_final_test)
+    argv = SMALL + ["--data", fake_cifar, "--out", str(out), "--tta", "none", "--final-tta", "shifts"]
+    assert cifar.main(argv) == 128 + signum
+    checkpoint = out / "checkpoint.npz"
+    assert capsys.readouterr().err == (
+        f"\nstopped during the final test. Training finished and is saved in {checkpoint}; run "
+        f"the final test again with:\n  python -m tinygnet.demo cifar --resume {checkpoint}\n")
+    assert not (out / "results.json").exists()
+
+    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    assert cifar.main(["--resume", str(checkpoint), "--data", fake_cifar, "--device", "cpu",
+                       "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["final_test"]["tta"] == "shifts" and results["each_epoch"]["tta"] == "none"
+    assert f"test accuracy {100 * results['final_test']['accuracy']:.2f}%" in capsys.readouterr().out
 
 
 def _final_views_accuracy(out) -> float:
@@ -424,6 +500,9 @@ def test_help_and_subcommands():
     assert listing.returncode == 0 and "cifar" in listing.stdout
     unknown = _demo("nope")
     assert unknown.returncode == 2 and "unknown subcommand 'nope'" in unknown.stderr
+    nothing = _demo()
+    assert (nothing.returncode, nothing.stdout) == (2, "")
+    assert nothing.stderr.startswith("error: a subcommand is required\n\nusage: ")
 
 
 # --------------------------------------------------------------------------
@@ -504,7 +583,7 @@ def test_an_existing_run_is_refused_and_kept(fake_cifar, fast_plots, tmp_path, c
     err = capsys.readouterr().err
     assert err == (f"python -m tinygnet.demo cifar: error: --out {out} already holds a run "
                    f"(config.json, metrics.csv, checkpoint.npz, best.npz, curves.png, "
-                   f"per_class.png): continue it with --resume {out / 'checkpoint.npz'}, start "
+                   f"per_class.png, results.json): continue it with --resume {out / 'checkpoint.npz'}, start "
                    f"it over with --overwrite (which replaces those files), or choose another "
                    f"--out\n")
     # Resuming from best.npz would write over the newer checkpoint.npz beside it: refused too.
@@ -519,6 +598,19 @@ def test_an_existing_run_is_refused_and_kept(fake_cifar, fast_plots, tmp_path, c
     assert cifar.main(argv + ["--overwrite", "--lr", "1e20"]) == 1
     assert os.listdir(out) == ["config.json"]
     assert json.loads((out / "config.json").read_text())["config"]["lr"] == 1e20
+
+
+def test_a_resume_into_a_new_out_says_what_it_copied_there(fake_cifar, fast_plots, tmp_path,
+                                                            capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert cifar.main(SMALL + ["--data", fake_cifar, "--out", str(first)]) == 0
+    capsys.readouterr()
+    assert cifar.main(["--resume", str(first / "checkpoint.npz"), "--out", str(second),
+                       "--data", fake_cifar, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert (f"written from the checkpoint into {second}: best.npz, metrics.csv, curves.png, "
+            f"per_class.png\n") in printed
+    assert "stopped between two writes" not in printed
 
 
 def test_default_output_folders_never_collide(fake_cifar, fast_plots, tmp_path, monkeypatch, capsys):

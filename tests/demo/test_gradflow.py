@@ -219,6 +219,7 @@ def test_quick_run_end_to_end_writes_every_output(fake_cifar, tmp_path, capsys):
     with open(out / "config.json") as f:
         saved = json.load(f)["config"]
     assert saved["quick"] and saved["steps"] == 4 and saved["init"] == ["gaussian", "xavier", "he"]
+    assert json.loads((out / "config.json").read_text())["demo"] == "gradflow"   # the folder's demo
 
     rows = read_csv(out / "gradflow.csv")
     assert list(rows[0]) == ["init", "run", "seed", "step", "quantity", "layer", "value"]

@@ -53,6 +53,27 @@ def test_parallel_for_raises_a_chunks_error_after_all_chunks_finish(threads):
     assert finished == [1]
 
 
+@pytest.mark.parametrize("over", ["ignore", "raise"])
+def test_every_chunk_keeps_the_callers_floating_point_error_handling(threads, over):
+    """A diverging run silences overflow (it says so itself): no chunk may warn regardless."""
+    import warnings
+    threads(2)
+    big = np.full(2, 1e300)
+
+    def body(start, stop):
+        if start > 0:                              # a chunk on a worker thread
+            big[start:stop] * big[start:stop]      # overflows
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")             # a RuntimeWarning would fail the test
+        with np.errstate(over=over):
+            if over == "raise":
+                with pytest.raises(FloatingPointError):
+                    threads_module.parallel_for(2, body)
+            else:
+                threads_module.parallel_for(2, body)
+
+
 def test_nested_parallel_for_runs_inline(threads):
     threads(2)
     inner = []

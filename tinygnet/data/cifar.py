@@ -22,11 +22,13 @@ not its md5, so a re-encoded copy works too.
 Two safety rules: an archive is unpacked only if no member could land outside
 the target folder, and it is unpacked into a temporary sibling folder that is
 renamed into place at the end, so an interrupted unpack never leaves a folder
-that looks complete. Pickles are read with an unpickler that can build nothing
+that looks complete (and the temporary folder a killed one leaves is cleared
+by the next unpack). Pickles are read with an unpickler that can build nothing
 but NumPy arrays, so a doctored batch file cannot run code.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import os
@@ -41,6 +43,7 @@ import numpy as np
 
 __all__ = ["CIFAR10", "DatasetError", "DatasetNotFoundError", "CorruptDatasetError",
            "resolve_data_root", "prepare_cifar10", "download_cifar10", "unpack_archive",
+           "remove_stale_staging",
            "URL", "MD5", "ARCHIVE_NAME", "FOLDER_NAME"]
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -97,6 +100,20 @@ def _check_root(root) -> None:
                                    f"point tinygnet at a folder with --data DIR or ${ENV_VAR}")
 
 
+def _check_itself(root) -> None:
+    """Refuse a data folder that is CIFAR-10's own folder or archive, naming the one above it."""
+    name = os.path.basename(root)
+    if name == FOLDER_NAME and os.path.isdir(root):
+        what = f"the unpacked {FOLDER_NAME}/ folder itself"
+    elif name == ARCHIVE_NAME and os.path.isfile(root):
+        what = f"the {ARCHIVE_NAME} archive itself"
+    else:
+        return
+    raise DatasetNotFoundError(f"the data folder {_named(root)} is {what}; tinygnet wants the "
+                               f"folder that holds it: {os.path.dirname(root)} (--data DIR or "
+                               f"${ENV_VAR})")
+
+
 def _how_to_provide(root) -> str:
     return (f"To provide it, put {ARCHIVE_NAME} or the unpacked {FOLDER_NAME}/ folder in {root}, "
             f"or point tinygnet at a folder that holds one with --data DIR or ${ENV_VAR}. "
@@ -110,6 +127,7 @@ def prepare_cifar10(root=None, download=True, fetch=None, progress=True) -> str:
     (when ``download``). ``fetch`` replaces ``urllib.request.urlopen`` (tests).
     """
     root = resolve_data_root(root)
+    _check_itself(root)
     _check_root(root)
     folder = os.path.join(root, FOLDER_NAME)
     archive = os.path.join(root, ARCHIVE_NAME)
@@ -241,7 +259,8 @@ def unpack_archive(archive, root) -> str:
     """
     folder = os.path.join(root, FOLDER_NAME)
     try:
-        staging = tempfile.mkdtemp(dir=root, prefix=f".{FOLDER_NAME}.", suffix=".partial")
+        remove_stale_staging(root)
+        staging, held = _new_staging(root)
     except OSError as error:
         raise DatasetError(f"cannot unpack {archive} in {_named(root)}: {error.strerror}. Make the "
                            f"folder writable, or unpack the archive into one that is "
@@ -278,11 +297,60 @@ def unpack_archive(archive, root) -> str:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        os.close(held)
     return folder
 
 
+# A temporary folder of an unpack is held (an exclusive flock on the folder itself) by the
+# process unpacking into it; the kernel lets go when that process dies, even by kill -9.
+# One that nobody holds was left by a killed unpack: ``remove_stale_staging`` clears it.
+STAGING_PREFIX, STAGING_SUFFIX = f".{FOLDER_NAME}.", ".partial"
+
+
+def _new_staging(root):
+    """(path, descriptor holding it) of a new temporary folder in ``root``."""
+    while True:
+        staging = tempfile.mkdtemp(dir=root, prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX)
+        held = os.open(staging, os.O_RDONLY)
+        if _hold(held):
+            return staging, held
+        os.close(held)               # another process took it for stale as it was made
+
+
+def _hold(fd) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def remove_stale_staging(root) -> list:
+    """Remove the temporary folders in ``root`` that killed unpacks left (none that a running
+    unpack holds); return their paths."""
+    removed = []
+    for entry in os.listdir(root):
+        if not (entry.startswith(STAGING_PREFIX) and entry.endswith(STAGING_SUFFIX)):
+            continue
+        path = os.path.join(root, entry)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:              # gone meanwhile, or not a folder we can open: not ours
+            continue
+        try:
+            if _hold(fd):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _corrupt_archive(archive, root, error) -> CorruptDatasetError:
-    return CorruptDatasetError(f"{archive} is not a readable tar.gz archive ({error}); delete it "
+    # tarfile.open(..., "r:*") lists each compression it tried on a line of its own
+    reason = ("not a tar archive, compressed or not" if "\n" in str(error) else
+              " ".join(str(error).split()))
+    return CorruptDatasetError(f"{archive} is not a readable tar.gz archive ({reason}); delete it "
                                f"and try again. " + _how_to_provide(root))
 
 
@@ -331,7 +399,12 @@ def _load_pickle(path, shown=None) -> dict:
     """
     shown = shown or path
     try:
-        with open(path, "rb") as f:
+        f = open(path, "rb")
+    except OSError as error:         # permissions, a broken disk: the file may be fine
+        raise DatasetError(f"cannot read {shown}: {error.strerror}; make it readable "
+                           f"(it is not damaged as far as tinygnet can tell)") from None
+    try:
+        with f:
             content = _ArrayUnpickler(f, encoding="bytes").load()
     except Exception as error:  # truncated or garbage files raise many different errors
         raise CorruptDatasetError(f"{shown}: not a readable CIFAR-10 pickle "

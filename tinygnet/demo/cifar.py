@@ -16,11 +16,15 @@ What one run does:
    with the main head only in eval mode, write ``checkpoint.npz``, then
    ``best.npz`` when the test accuracy improves, then ``metrics.csv``,
    ``curves.png`` and ``per_class.png``, each file atomically;
-4. at the end print the final and best test accuracy, the time and the
-   per-class accuracy.
+4. at the end test the final weights on ``--final-tta``'s views, write
+   ``results.json`` (each accuracy with the views it averaged) and print the
+   final and best test accuracy, the time and the per-class accuracy.
 
-Nothing saved is lost. ``--out`` is checked before any data is loaded; one
-that holds an earlier run is refused unless ``--overwrite``. ``checkpoint.npz``
+Nothing saved is lost, and no run is mixed with another. ``--out`` is
+checked and held before any data is loaded: a second run into it, or a
+``--resume`` of the run while it runs, is refused (``common.hold_out_folder``);
+one that holds an earlier run is refused unless ``--overwrite``, and one that
+holds the other demo's run is refused even then. ``checkpoint.npz``
 is written first at the end of an epoch: the other outputs are derived from
 it, so a kill at any moment leaves them at most one epoch behind it, and
 ``--resume`` brings them up to date. A loss that is NaN or infinite stops the
@@ -41,6 +45,7 @@ how often a diverging loss is noticed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -56,10 +61,10 @@ from .. import __version__, backend
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import CIFAR10, DatasetError, resolve_data_root
 from ..models import INITS
-from .common import (TrainingDiverged, UsageError, check_out_folder, claim_out_folder,
-                     default_out_folder, exit_status, momentum_factor, non_negative_float,
-                     non_negative_int, number, positive_float, positive_int, probability,
-                     resolve_device, sigterm_interrupts, write_text)
+from .common import (TrainingDiverged, UsageError, claim_out_folder, default_out_folder,
+                     exit_status, hold_out_folder, invalid, momentum_factor, non_negative_float,
+                     non_negative_int, number, path_text, positive_float, positive_int,
+                     probability, resolve_device, sigterm_interrupts, width_factor, write_text)
 from .run import CHECKPOINT_KIND, OUTPUTS, Trainer
 from .training import TTA_DESCRIPTIONS, TTA_VIEWS
 
@@ -145,6 +150,44 @@ class Config:
 # Settings that may differ when resuming (where things live, not what is computed).
 RESUMABLE_OVERRIDES = ("device", "data", "download", "out", "log_every")
 
+_ema_decay = number(float, lambda v: 0 <= v < 1, "in [0, 1) (0: off)")
+_crop_padding = number(int, lambda v: 0 <= v <= 16, "an integer from 0 to 16 (half an image)")
+
+# What each setting may be: the command line's types and choices, and the check of a saved
+# configuration (``check_saved_config``): one rule for both. None: the field may also be None.
+RULES = dict(
+    device=str, epochs=positive_int, batch_size=positive_int, lr=positive_float,
+    optimizer=OPTIMIZERS, momentum=momentum_factor, nesterov=bool,
+    weight_decay=non_negative_float, schedule=SCHEDULES, width=width_factor, stem_stride=(1, 2),
+    batchnorm=bool, aux=bool, aux_weight=non_negative_float, dropout=probability,
+    aux_dropout=probability, label_smoothing=probability, ema=_ema_decay, seed=non_negative_int,
+    data=path_text, download=bool, train_images=positive_int, test_images=positive_int,
+    eval_batch_size=positive_int, log_every=positive_int, out=path_text, quick=bool, init=INITS,
+    crop_padding=_crop_padding, tta=tuple(TTA_VIEWS), final_tta=tuple(TTA_VIEWS))
+OPTIONAL = ("train_images", "test_images")     # None: all the images
+
+
+def check_saved_config(saved: dict, where: str) -> "Config":
+    """The Config of a checkpoint's ``saved`` configuration, each value checked by ``RULES``.
+
+    Raises CheckpointError naming ``where`` and the first value that breaks its rule, as the
+    command line refuses it: an edited or damaged configuration never reaches the run.
+    """
+    try:
+        config = Config(**saved)
+    except TypeError as error:
+        raise CheckpointError(f"{where!r}: its configuration does not fit this version "
+                              f"of the demo ({error})") from None
+    for field in dataclasses.fields(Config):
+        value = getattr(config, field.name)
+        if value is None and field.name in OPTIONAL:
+            continue
+        why = invalid(RULES[field.name], value)
+        if why is not None:
+            raise CheckpointError(f"{where!r}: its configuration has {field.name} {value!r}, "
+                                  f"which must be {why}")
+    return config
+
 
 # ==========================================================================
 # Command line
@@ -157,31 +200,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "GPU: the full-width network); the resolved values are printed "
                     "and saved to OUT/config.json.",
         epilog="Outputs in --out: config.json, metrics.csv, curves.png, per_class.png, "
-               "checkpoint.npz (every epoch) and best.npz (best test accuracy). "
+               "checkpoint.npz (every epoch), best.npz (best test accuracy) and, at the end, "
+               "results.json (the final test accuracies and the views they averaged). "
                "Ctrl-C or SIGTERM saves a checkpoint; continue with --resume OUT/checkpoint.npz. "
                "A loss that becomes NaN or infinite stops the run (exit status 1).")
     # Defaults are None: "not given", so device defaults and --resume can tell.
     run = parser.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="where to train: cuda if a GPU is usable with CuPy, else cpu (default: auto)")
-    run.add_argument("--epochs", type=positive_int, metavar="N",
+    run.add_argument("--epochs", type=RULES["epochs"], metavar="N",
                      help="passes over the training set" + _defaults("epochs"))
-    run.add_argument("--batch-size", type=positive_int, metavar="N",
+    run.add_argument("--batch-size", type=RULES["batch_size"], metavar="N",
                      help="images per training step" + _defaults("batch_size"))
-    run.add_argument("--seed", type=non_negative_int, metavar="N",
+    run.add_argument("--seed", type=RULES["seed"], metavar="N",
                      help="seed of every random stream (init, shuffling, augmentation, dropout); "
                           "the same seed gives the same run (default: 0)")
     run.add_argument("--quick", action="store_true", default=None,
                      help=f"smoke test in under a minute: {QUICK_OVERRIDES['train_images']} "
                           f"training and {QUICK_OVERRIDES['test_images']} test images, one epoch, "
                           f"width {QUICK_OVERRIDES['width']}; still writes every output")
-    run.add_argument("--train-images", type=positive_int, metavar="N",
+    run.add_argument("--train-images", type=RULES["train_images"], metavar="N",
                      help="train on the first N training images only (default: all 50000)")
-    run.add_argument("--test-images", type=positive_int, metavar="N",
+    run.add_argument("--test-images", type=RULES["test_images"], metavar="N",
                      help="test on the first N test images only (default: all 10000)")
-    run.add_argument("--eval-batch-size", type=positive_int, metavar="N",
+    run.add_argument("--eval-batch-size", type=RULES["eval_batch_size"], metavar="N",
                      help="images per step when testing (default: 2 x batch size)")
-    run.add_argument("--log-every", type=positive_int, metavar="N",
+    run.add_argument("--log-every", type=RULES["log_every"], metavar="N",
                      help="steps between reads of the losses, for the progress bar and to stop "
                           "a diverging run: each read waits for the GPU (default: 1 on the CPU, "
                           "25 on a GPU)")
@@ -189,80 +233,81 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no progress bar (the per-epoch lines are still printed)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--width", type=positive_float, metavar="X",
+    model.add_argument("--width", type=RULES["width"], metavar="X",
                        help="multiplies every channel count; 1 is the paper's GoogLeNet"
                        + _defaults("width"))
-    model.add_argument("--stem-stride", type=int, choices=(1, 2),
+    model.add_argument("--stem-stride", type=int, choices=RULES["stem_stride"],
                        help="stride of the first conv: 2 runs the Inception stages at 16/8/4 "
                             "pixels instead of 32/16/8, about 4x cheaper" + _defaults("stem_stride"))
     model.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
                        help="batch norm after every conv (not in the 2014 paper; trains much "
                             "faster)" + _defaults("batchnorm"))
-    model.add_argument("--init", choices=INITS,
+    model.add_argument("--init", choices=RULES["init"],
                        help="how the conv and linear layers start: he (N(0, 2/fan_in)), xavier "
                             "(the BVLC Caffe GoogLeNet: U(+-sqrt(3/fan_in)), biases 0.2) or "
                             "gaussian (std 0.01, the AlexNet era); see GoogLeNet's docstring "
                             "(default: he)")
     model.add_argument("--no-aux", dest="aux", action="store_false", default=None,
                        help="leave out the two auxiliary classifiers")
-    model.add_argument("--aux-weight", type=non_negative_float, metavar="X",
+    model.add_argument("--aux-weight", type=RULES["aux_weight"], metavar="X",
                        help="weight of each auxiliary loss in the total; the paper's is 0.3"
                        + _defaults("aux_weight"))
-    model.add_argument("--dropout", type=probability, metavar="P",
+    model.add_argument("--dropout", type=RULES["dropout"], metavar="P",
                        help="dropout before the classifier; the paper's is 0.4" + _defaults("dropout"))
-    model.add_argument("--aux-dropout", type=probability, metavar="P",
+    model.add_argument("--aux-dropout", type=RULES["aux_dropout"], metavar="P",
                        help="dropout inside the auxiliary heads; the paper's is 0.7"
                        + _defaults("aux_dropout"))
-    model.add_argument("--crop-padding", type=_crop_padding, metavar="PIXELS",
+    model.add_argument("--crop-padding", type=RULES["crop_padding"], metavar="PIXELS",
                        help="training augmentation: random 32 x 32 crops of each image "
                             "zero-padded by this many pixels (0: no shifts), and random "
                             "mirroring" + _defaults("crop_padding"))
     testing = parser.add_argument_group("testing")
-    testing.add_argument("--tta", choices=tuple(TTA_VIEWS),
+    testing.add_argument("--tta", choices=RULES["tta"],
                        help="test-time augmentation of the test after each epoch: each test "
                             "image is classified by the mean logits of several views of it: "
                             "none (the image), mirror (the image and its left-right mirror, 2 "
                             "forward passes), shifts (those, and both moved one pixel each way, "
                             "6 passes)" + _defaults("tta"))
-    testing.add_argument("--final-tta", choices=tuple(TTA_VIEWS),
+    testing.add_argument("--final-tta", choices=RULES["final_tta"],
                        help="after the last epoch, test the final weights once more on these "
                             "views (nothing more if they are --tta's)" + _defaults("final_tta"))
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--optimizer", choices=OPTIMIZERS, help="update rule" + _defaults("optimizer"))
-    optim.add_argument("--lr", type=positive_float, metavar="X",
+    optim.add_argument("--optimizer", choices=RULES["optimizer"], help="update rule" + _defaults("optimizer"))
+    optim.add_argument("--lr", type=RULES["lr"], metavar="X",
                        help="learning rate: the peak of the one-cycle schedule, else the initial one"
                        + _defaults("lr"))
-    optim.add_argument("--momentum", type=momentum_factor, metavar="X",
+    optim.add_argument("--momentum", type=RULES["momentum"], metavar="X",
                        help="SGD momentum" + _defaults("momentum"))
     optim.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                        help="Nesterov momentum for SGD" + _defaults("nesterov"))
-    optim.add_argument("--weight-decay", type=non_negative_float, metavar="X",
+    optim.add_argument("--weight-decay", type=RULES["weight_decay"], metavar="X",
                        help="L2 penalty on conv and linear weights (biases and batch-norm "
                             "parameters are not decayed); decoupled for adamw"
                             + _defaults("weight_decay"))
-    optim.add_argument("--schedule", choices=SCHEDULES,
+    optim.add_argument("--schedule", choices=RULES["schedule"],
                        help="learning-rate schedule, stepped every iteration: onecycle (warm-up "
                             "then cosine annealing), cosine, paper (x0.96 every 8 epochs), constant"
                             + _defaults("schedule"))
-    optim.add_argument("--label-smoothing", type=probability, metavar="X",
+    optim.add_argument("--label-smoothing", type=RULES["label_smoothing"], metavar="X",
                        help="label smoothing of the cross-entropy targets"
                        + _defaults("label_smoothing"))
-    optim.add_argument("--ema", type=_ema_decay, metavar="DECAY",
+    optim.add_argument("--ema", type=RULES["ema"], metavar="DECAY",
                        help="decay of an exponential moving average of the weights (the paper's "
                             "Polyak averaging), used for testing; 0 turns it off" + _defaults("ema"))
 
     files = parser.add_argument_group("files")
-    files.add_argument("--data", metavar="DIR",
+    files.add_argument("--data", type=RULES["data"], metavar="DIR",
                        help="folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                             "(default: $TINYGNET_DATA, else ~/.cache/tinygnet)")
     files.add_argument("--no-download", dest="download", action="store_false", default=None,
                        help="never download CIFAR-10; fail if it is not found")
-    files.add_argument("--out", metavar="DIR",
+    files.add_argument("--out", type=RULES["out"], metavar="DIR",
                        help="output folder (default: runs/cifar-DATE-TIME; with --resume, the "
                             "checkpoint's folder)")
-    files.add_argument("--resume", metavar="PATH",
-                       help="continue the run saved in this checkpoint exactly where it stopped")
+    files.add_argument("--resume", type=path_text, metavar="PATH",
+                       help="continue the run saved in this checkpoint exactly where it stopped "
+                            "(a finished run: its final test again)")
     files.add_argument("--overwrite", action="store_true",
                        help="start over in an --out that holds an earlier run, replacing its "
                             "outputs (without it, such an --out is refused)")
@@ -276,10 +321,6 @@ def _defaults(name) -> str:
     if cpu == gpu:
         return f" (default: {cpu})"
     return f" (default: {cpu} on the CPU, {gpu} on a GPU)"
-
-
-_ema_decay = number(float, lambda v: 0 <= v < 1, "in [0, 1) (0: off)")
-_crop_padding = number(int, lambda v: 0 <= v <= 16, "an integer from 0 to 16 (half an image)")
 
 
 
@@ -307,18 +348,23 @@ def _given(args) -> dict:
             if name in fields and value is not None}
 
 
+def _as_flag(name, value) -> str:
+    """A setting as the command line spells it: "--lr 0.1", "--nesterov", "--no-aux"."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
+
+
+def _saved_value(name, value) -> str:
+    """A saved setting for a message: "0.05", "aux on", "batchnorm off"."""
+    return f"{name} {'on' if value else 'off'}" if isinstance(value, bool) else str(value)
+
+
 def config_for_resume(args, saved: dict, checkpoint_path: str) -> Config:
     """The saved configuration; flags that would change the computation are refused."""
-    try:
-        config = Config(**saved)
-    except TypeError as error:
-        raise CheckpointError(f"{checkpoint_path!r}: its configuration does not fit this version "
-                              f"of the demo ({error})") from None
-    for name in ("tta", "final_tta"):
-        if getattr(config, name) not in TTA_VIEWS:
-            raise CheckpointError(f"{checkpoint_path!r}: its configuration has an unknown "
-                                  f"{name} {getattr(config, name)!r} (one of {', '.join(TTA_VIEWS)})")
-    conflicts = [f"--{name.replace('_', '-')} {value} (saved: {getattr(config, name)})"
+    config = check_saved_config(saved, checkpoint_path)
+    conflicts = [f"{_as_flag(name, value)} (saved: {_saved_value(name, getattr(config, name))})"
                  for name, value in _given(args).items()
                  if name not in RESUMABLE_OVERRIDES and value != getattr(config, name)]
     if args.quick and not config.quick:
@@ -371,14 +417,14 @@ def main(argv=None) -> int:
     diverged), 2 (usage), 130 (Ctrl-C) or 143 (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        with sigterm_interrupts():
-            return _run(argv)
+        with sigterm_interrupts(), contextlib.ExitStack() as held:   # held: the --out folder
+            return _run(argv, held)
     except KeyboardInterrupt as stop:    # a signal before training started, or a second one
         print(f"\n{PROG}: stopped", file=sys.stderr)
         return exit_status(stop)
 
 
-def _run(argv) -> int:
+def _run(argv, held: contextlib.ExitStack) -> int:
     args = build_parser().parse_args(argv)
     given_out = args.out is not None or args.resume is not None
     try:
@@ -394,8 +440,11 @@ def _run(argv) -> int:
                                  f"({config.out}); leave it out")
         else:
             state, config, continuing = None, resolve_config(args), False
-        check_out_folder(config.out, OUTPUTS, given=given_out, replace=args.overwrite,
-                         continuing=continuing, advice=_how_to_continue(config.out))
+        # Held until the run exits: a second run into it (or --resume of it) is refused.
+        config.out = held.enter_context(hold_out_folder(
+            config.out, "cifar", OUTPUTS, given=given_out, replace=args.overwrite,
+            continuing=continuing, advice=_how_to_continue(config.out),
+            resuming=args.resume if continuing else None)).path
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -433,22 +482,22 @@ def _run(argv) -> int:
              if config.final_tta != config.tta else ""))
     checkpoint = os.path.join(config.out, "checkpoint.npz")
     try:
-        config.out = claim_out_folder(config.out, OUTPUTS, given=given_out, replace=args.overwrite)
+        config.out = claim_out_folder(config.out, OUTPUTS, replace=args.overwrite)
         checkpoint = os.path.join(config.out, "checkpoint.npz")
         if state is not None:
             repaired = trainer.repair_outputs(args.resume)
-            if repaired:
+            if repaired and continuing:
                 print(f"brought up to date with the checkpoint (the run had stopped between two "
                       f"writes): {', '.join(repaired)}")
+            elif repaired:
+                print(f"written from the checkpoint into {config.out}: {', '.join(repaired)}")
         if not os.path.exists(os.path.join(config.out, "config.json")):
             _write_config(config, argv, params)
         if state is not None and trainer.epoch >= config.epochs:
             print(f"resuming from {args.resume}: the run is already finished "
                   f"({trainer.epoch} of {_plural(config.epochs, 'epoch')}), nothing to train; "
                   f"to train longer, start a new run with a larger --epochs")
-            _print_summary(trainer.summary(interrupted=False), trainer.classes, config,
-                           _final_test(trainer))
-            return 0
+            return _finish(trainer, trainer.summary(interrupted=False), checkpoint)
         if state is not None:
             print(f"resuming from {args.resume}: epoch {trainer.epoch + 1} of {config.epochs}, "
                   f"step {trainer.step} of {len(trainer.train_loader)}")
@@ -474,8 +523,38 @@ def _run(argv) -> int:
         print(f"stopped; checkpoint saved. Resume with:\n"
               f"  {PROG} --resume {shlex.quote(result['checkpoint'])}")
         return 128 + result["stopped_by"]
-    _print_summary(result, trainer.classes, config, _final_test(trainer))
+    return _finish(trainer, result, checkpoint)
+
+
+def _finish(trainer, result, checkpoint) -> int:
+    """After the last epoch: the final test, results.json, the summary; the exit status."""
+    try:
+        final = _final_test(trainer)
+    except KeyboardInterrupt as stop:
+        print(f"\nstopped during the final test. Training finished and is saved in "
+              f"{checkpoint}; run the final test again with:\n"
+              f"  {PROG} --resume {shlex.quote(checkpoint)}", file=sys.stderr)
+        return exit_status(stop)
+    write_text(os.path.join(trainer.config.out, "results.json"),
+               json.dumps(_results(trainer, result, final), indent=2) + "\n")
+    _print_summary(result, trainer.classes, trainer.config, final)
     return 0
+
+
+def _results(trainer, result, final) -> dict:
+    """results.json: the run's accuracies, each with the views of every test image it averaged
+    (TTA_VIEWS: (rows moved, columns moved, mirrored)). ``final_test`` is the headline number:
+    the final weights on --final-tta's views."""
+    config = trainer.config
+
+    def views(tta):
+        return {"tta": tta, "views": [list(view) for view in TTA_VIEWS[tta]]}
+
+    accuracy, seconds = final if final is not None else (result["final_test_acc"], None)
+    return {"epochs": result["epochs"], "test_images": len(trainer.test_loader.labels),
+            "final_test": {**views(config.final_tta), "accuracy": accuracy, "seconds": seconds},
+            "each_epoch": {**views(config.tta), "final": result["final_test_acc"],
+                           "best": result["best_test_acc"], "best_epoch": result["best_epoch"]}}
 
 
 def _how_to_continue(out) -> str:
@@ -501,7 +580,7 @@ def _what_is_kept(checkpoint) -> str:
 
 def _write_config(config: Config, argv, params) -> None:
     """config.json: the resolved configuration and where it ran."""
-    record = {"config": dataclasses.asdict(config),
+    record = {"demo": "cifar", "config": dataclasses.asdict(config),
               "command": " ".join([PROG] + [shlex.quote(a) for a in argv]),
               "parameters": params, "device": _device_name(config.device),
               "tinygnet": __version__, "numpy": np.__version__,
@@ -551,7 +630,7 @@ def _print_summary(result, classes, config, final_views_acc=None) -> None:
             accuracy = right / total if total else math.nan
             print(f"  {name:<12} {100 * accuracy:6.2f}%  ({right}/{total})")
     print(f"\noutputs in {config.out}: config.json, metrics.csv, curves.png, per_class.png, "
-          f"checkpoint.npz, best.npz")
+          f"checkpoint.npz, best.npz, results.json")
 
 
 if __name__ == "__main__":

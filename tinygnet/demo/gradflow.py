@@ -60,6 +60,7 @@ stays small), 300 steps per run, the three initialisations, 2 seeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -72,10 +73,10 @@ import numpy as np
 from ..checkpoint import CheckpointError
 from ..data import CIFAR10, DatasetError, resolve_data_root
 from ..models import INITS
-from .common import (TrainingDiverged, UsageError, check_out_folder, claim_out_folder,
-                     default_out_folder, exit_status, momentum_factor, non_negative_float,
-                     non_negative_int, positive_float, positive_int, probability, resolve_device,
-                     sigterm_interrupts, write_text)
+from .common import (TrainingDiverged, UsageError, claim_out_folder, default_out_folder,
+                     exit_status, hold_out_folder, momentum_factor, non_negative_float,
+                     non_negative_int, path_text, positive_float, positive_int, probability,
+                     resolve_device, sigterm_interrupts, width_factor, write_text)
 from .gradflow_plots import plot_gradflow, plot_split, plot_training
 from .gradflow_runs import Config, load_runs, run_experiment, save_runs
 from .gradflow_stats import plural, summary_lines, write_csv
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--steps", "training steps of each run", type=positive_int, metavar="N")
     add("--batch-size", "images per step", type=positive_int, metavar="N")
     add("--width", "multiplies every channel count; 1 is the paper's network",
-        type=positive_float, metavar="X")
+        type=width_factor, metavar="X")
     add("--stem-stride", "stride of conv1; 2 runs the Inception stages at 16/8/4 pixels",
         type=int, choices=(1, 2))
     add("--lr", "SGD learning rate (constant)", type=positive_float, metavar="X")
@@ -159,12 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_int, metavar="N")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="cuda if a GPU is usable with CuPy, else cpu (default: auto)")
-    parser.add_argument("--data", metavar="DIR",
+    parser.add_argument("--data", type=path_text, metavar="DIR",
                         help="folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                              "(default: $TINYGNET_DATA, else ~/.cache/tinygnet)")
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="never download CIFAR-10; fail if it is not found")
-    parser.add_argument("--out", metavar="DIR",
+    parser.add_argument("--out", type=path_text, metavar="DIR",
                         help="output folder (default: runs/gradflow-DATE-TIME)")
     parser.add_argument("--resume", metavar="DIR",
                         help="continue the stopped experiment in DIR with its own settings: its "
@@ -247,23 +248,25 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        with sigterm_interrupts():
-            return _run(args, argv)
+        with sigterm_interrupts(), contextlib.ExitStack() as held:   # held: the --out folder
+            return _run(args, argv, held)
     except KeyboardInterrupt as stop:
         print(f"\n{PROG}: stopped", file=sys.stderr)
         return exit_status(stop)
 
 
-def _run(args, argv) -> int:
+def _run(args, argv, held: contextlib.ExitStack) -> int:
     finished = {}                      # with --resume: the runs the stopped experiment finished
     try:
         if args.resume is not None:
             finished, config = _stopped_experiment(args)
         else:
             config = resolve_config(args)
-        check_out_folder(config.out, OUTPUTS, given=args.out is not None or bool(args.resume),
-                         replace=args.overwrite, continuing=args.resume is not None,
-                         advice=_how_to_continue(config.out))
+        # Held until the run exits: a second run into it (or --resume of it) is refused.
+        config.out = held.enter_context(hold_out_folder(
+            config.out, "gradflow", OUTPUTS, given=args.out is not None or bool(args.resume),
+            replace=args.overwrite, continuing=args.resume is not None,
+            advice=_how_to_continue(config.out), resuming=args.resume)).path
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -305,16 +308,17 @@ def _run(args, argv) -> int:
 
     started = time.perf_counter()
     try:
-        config.out = claim_out_folder(config.out, OUTPUTS, given=args.out is not None or
-                                      bool(args.resume), replace=args.overwrite)
+        config.out = claim_out_folder(config.out, OUTPUTS, replace=args.overwrite)
         runs_file = os.path.join(config.out, RUNS_FILE)
-        if args.resume is None:        # the configuration first: --resume needs only this file
-            save_runs(runs_file, config, {})
+        # config.json first: it says which demo the folder belongs to (--overwrite checks it)
         if not os.path.exists(os.path.join(config.out, "config.json")):
-            record = {"config": dataclasses.asdict(config), "command": " ".join([PROG] + argv),
+            record = {"demo": "gradflow", "config": dataclasses.asdict(config),
+                      "command": " ".join([PROG] + argv),
                       "machine": f"{os.cpu_count()} CPU cores" if config.device == "cpu"
                       else config.device, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
             write_text(os.path.join(config.out, "config.json"), json.dumps(record, indent=2) + "\n")
+        if args.resume is None:        # the runs file next: --resume needs only it
+            save_runs(runs_file, config, {})
         # Each step checks its loss (train_run); NumPy's warnings would only repeat it.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             results = run_experiment(config, train_arrays, test_arrays, progress=args.progress,

@@ -45,7 +45,7 @@ __all__ = ["Trainer", "StopRequested", "make_optimizer", "make_schedule", "OUTPU
 
 CHECKPOINT_KIND = "tinygnet.demo.cifar"
 PLOTS = ("curves.png", "per_class.png")
-OUTPUTS = ("config.json", "metrics.csv", "checkpoint.npz", "best.npz") + PLOTS   # in --out
+OUTPUTS = ("config.json", "metrics.csv", "checkpoint.npz", "best.npz") + PLOTS + ("results.json",)
 
 
 class StopRequested:

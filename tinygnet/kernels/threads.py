@@ -119,6 +119,9 @@ def parallel_for(total: int, body, min_chunk: int = 1) -> None:
         _blas_single_threaded()
         _executor = ThreadPoolExecutor(_num_threads - 1, thread_name_prefix="tinygnet")
     bounds = [total * i // chunks for i in range(chunks + 1)]
+    # NumPy's floating-point error handling (np.errstate) belongs to each thread: the worker
+    # chunks take the caller's, so a run that silences overflow is silent in every chunk.
+    errors = np.geterr()
 
     def run(start, stop):
         _in_worker.active = True
@@ -127,7 +130,12 @@ def parallel_for(total: int, body, min_chunk: int = 1) -> None:
         finally:
             _in_worker.active = False
 
-    futures = [_executor.submit(run, bounds[i], bounds[i + 1]) for i in range(1, chunks)]
+    def run_as_the_caller(start, stop):
+        with np.errstate(**errors):
+            run(start, stop)
+
+    futures = [_executor.submit(run_as_the_caller, bounds[i], bounds[i + 1])
+               for i in range(1, chunks)]
     try:
         run(bounds[0], bounds[1])       # the first chunk runs on the calling thread
     finally:
