@@ -2,8 +2,9 @@
 
 Synthetic caffemodels are written by the ``protobuf`` package (caffe_writer.py,
 Caffe's messages declared at run time) in both formats, with random weights,
-in a thin GoogLeNet (width 1/8, the same mapping code) except for one full-size
-file. They are checked three ways: the loaded weights against the same ones
+in a thin GoogLeNet (width 1/8, the same mapping code); the full-size file (53 MB)
+is loaded and classified end to end in tests/demo/test_classify.py. They are
+checked three ways: the loaded weights against the same ones
 put in through ``load_state_dict``; the loaded layers against Caffe's own
 definitions (correlation, pools with Caffe's rounding, LRN, flatten, concat)
 computed here in NumPy from the file's raw blobs; and the bad files.
@@ -364,18 +365,3 @@ def test_incomplete_aux_heads_wrong_types_and_missing_blobs_are_one_line(tmp_pat
     one_line_error(no_blobs, "'conv1/7x7_s2'", "0 blobs")
     twice = write_edited(tmp_path, thin_state, lambda layers: layers + layers[1:2])
     one_line_error(twice, "'conv1/7x7_s2'")
-
-
-# --------------------------------------------------------------- the full-size network
-@pytest.mark.slow
-def test_full_size_file_loads_with_the_bvlc_parameter_count(tmp_path):
-    """Width 1, V1 (as the 2014 BVLC file): 6,998,552 parameters in the trunk, 13,378,280
-    with the aux heads (a 53 MB file); every weight where the table puts it."""
-    state = random_state(1.0, seed=2)
-    path = cw.write(tmp_path / "bvlc_googlenet.caffemodel", cw.googlenet_layers(state), 1)
-    model = load_caffe_googlenet(str(path))
-    loaded = model.state_dict()
-    assert sum(array(v).size for v in loaded.values()) == 13_378_280
-    assert sum(array(v).size for k, v in loaded.items() if not k.startswith("aux")) == 6_998_552
-    for name, value in state.items():
-        np.testing.assert_array_equal(array(loaded[name]), value, err_msg=name)

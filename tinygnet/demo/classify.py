@@ -49,7 +49,6 @@ HEADS = [("logits", "main (loss3, inception5b)"), ("aux1", "aux1 (loss1, incepti
          ("aux2", "aux2 (loss2, inception4d)")]
 AUX_WEIGHT = 0.3                 # the paper's discount of the aux losses
 BATCH = 8                        # photos per forward pass
-COLUMN = 34                      # characters per head in the table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,11 +136,11 @@ def _run(args) -> int:
         for i, photo in enumerate(args.photos[start:start + BATCH]):
             print()
             print(photo)
-            columns = [_top(_softmax(getattr(outputs, head).data[i]), args.top, classes)
-                       for head, _ in heads]
-            print("  " + "".join(f"{title:<{COLUMN}}" for _, title in heads).rstrip())
-            for row in zip(*columns):
-                print("  " + "".join(f"{cell:<{COLUMN}}" for cell in row).rstrip())
+            columns = [[title] + _top(_softmax(getattr(outputs, head).data[i]), args.top,
+                                      classes) for head, title in heads]
+            widths = [max(map(len, column)) + 3 for column in columns]
+            for row in zip(*columns):                     # the titles, then the top classes
+                print("  " + "".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip())
             if args.gradients:
                 target = label if label is not None else int(outputs.logits.data[i].argmax())
                 _print_gradient_split(model, batch[i:i + 1], target, classes)
@@ -174,13 +173,9 @@ def _softmax(logits):
 
 
 def _top(probabilities, k, classes):
-    """The ``k`` most probable classes as cells: "62.1% tabby"."""
+    """The ``k`` most probable classes as cells: " 62.1% tabby"."""
     best = np.argsort(-probabilities, kind="stable")[:k]
-    cells = []
-    for index in best:
-        cell = f"{100 * probabilities[index]:5.1f}% {classes[index].name}"
-        cells.append(cell if len(cell) < COLUMN - 1 else cell[:COLUMN - 3] + "..")
-    return cells
+    return [f"{100 * probabilities[index]:5.1f}% {classes[index].name}" for index in best]
 
 
 def _print_gradient_split(model, image, target, classes):
