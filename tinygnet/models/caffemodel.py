@@ -26,9 +26,10 @@ The fields read here (Caffe's numbers)::
                        double_data = 8 (packed float64)
     BlobShape          dim = 1 (packed int64)
 
-No protobuf library is used: the one pass over the file below reads the
-53 MB BVLC GoogLeNet in well under a second, because the bulk of it, the
-weights, are packed float arrays that ``np.frombuffer`` takes whole.
+No protobuf library is used. One pass over the file is quick although it is
+Python: the bulk of a caffemodel, the weights, are packed float arrays that
+``np.frombuffer`` takes whole, not a value at a time (docs/real-googlenet.md
+gives the time measured for a 53 MB file).
 """
 from __future__ import annotations
 
