@@ -38,6 +38,23 @@ def test_shorter_side_resized_to_256_then_centre_cropped(tmp_path):
     np.testing.assert_allclose(x[:, 71:], np.broadcast_to(blue, (3, 153, 224)), atol=1e-4)
 
 
+def test_a_photo_is_turned_upright_as_its_exif_orientation_says(tmp_path):
+    """A camera held sideways stores the pixels as they came off the sensor and an EXIF
+    orientation; orientation 6 means "rotate 90 degrees clockwise to view": the left half
+    of the stored pixels is the top of the photo."""
+    pixels = np.zeros((256, 512, 3), dtype=np.uint8)
+    pixels[:, :256, 0] = 255                       # red on the left of the stored pixels
+    pixels[:, 256:, 2] = 255                       # blue on the right
+    exif = Image.Exif()
+    exif[0x0112] = 6                               # Orientation
+    path = tmp_path / "sideways.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    x = load_image(str(path)) + np.asarray(BVLC_MEAN_BGR, np.float32)[:, None, None]
+    red, blue = np.array([0, 0, 255.0])[:, None, None], np.array([255.0, 0, 0])[:, None, None]
+    np.testing.assert_allclose(x[:, :100], np.broadcast_to(red, (3, 100, 224)), atol=8)
+    np.testing.assert_allclose(x[:, 124:], np.broadcast_to(blue, (3, 100, 224)), atol=8)
+
+
 @pytest.mark.parametrize("mode, shape", [("L", (40, 30)), ("RGBA", (30, 40, 4))])
 def test_greyscale_and_alpha_images_become_three_channels(tmp_path, mode, shape):
     pixels = np.full(shape, 200, dtype=np.uint8)

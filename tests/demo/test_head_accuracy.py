@@ -56,6 +56,10 @@ def test_evaluate_reports_each_aux_head_on_the_image_alone_in_one_forward(tmp_pa
         predicted = getattr(expected, head).data.argmax(axis=1)
         assert accuracy == np.mean(predicted == labels), head
     assert result.aux1_accuracy != result.aux2_accuracy               # so the check tells them apart
+    for tta in training.TTA_VIEWS:                    # every --tta: the aux heads see the image
+        again = training.evaluate(model, trainer.test_loader, "cpu", 10, tta=tta)
+        assert (again.aux1_accuracy, again.aux2_accuracy) == \
+            (result.aux1_accuracy, result.aux2_accuracy), tta
 
 
 def test_a_model_without_aux_heads_has_nan_aux_accuracies(tmp_path):

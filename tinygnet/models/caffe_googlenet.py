@@ -22,10 +22,11 @@ __all__ = ["load_caffe_googlenet", "googlenet_from_caffe_layers", "CAFFE_NAMES"]
 # module's six convolutions, the two aux heads and the classifier.
 _STEM = {"conv1/7x7_s2": "conv1", "conv2/3x3_reduce": "conv2_reduce", "conv2/3x3": "conv2"}
 _INCEPTION_MODULES = ["3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"]
+# Each module's six: e.g. inception_4c/3x3_reduce -> inception4c.branch2_reduce.
 _INCEPTION_BRANCHES = {"1x1": "branch1",
                        "3x3_reduce": "branch2_reduce", "3x3": "branch2",
                        "5x5_reduce": "branch3_reduce", "5x5": "branch3",
-                       "pool_proj": "branch4"}     # e.g. inception_4c/3x3_reduce -> inception4c.branch2_reduce
+                       "pool_proj": "branch4"}
 _AUX_HEADS = {"loss1": "aux1", "loss2": "aux2"}   # loss1 sits on inception_4a, loss2 on 4d
 _AUX_LAYERS = {"conv": "conv", "fc": "fc1", "classifier": "fc2"}
 _CLASSIFIER = {"loss3/classifier": "fc"}
