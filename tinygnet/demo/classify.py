@@ -113,18 +113,21 @@ def _run(args) -> int:
         except (OSError, ValueError) as error:
             return _error(error)
 
-    digest = _sha1(weights)
+    try:
+        digest = _sha1(weights)
+    except OSError as error:
+        return _error(f"cannot read {weights}: {error.strerror}")
+    if digest == WEIGHTS_SHA1:
+        print(f"weights: {weights} (the BVLC release: sha1 matches)")
+    else:                                  # said before loading: it may explain a load error
+        print(f"weights: {weights}\nnote: its sha1 is {digest}, not the BVLC release's "
+              f"{WEIGHTS_SHA1} (another GoogLeNet caffemodel can still load)", flush=True)
     try:
         model = load_caffe_googlenet(weights)
     except ValueError as error:
         return _error(error)
     except OSError as error:
         return _error(f"cannot read {weights}: {error.strerror}")
-    if digest == WEIGHTS_SHA1:
-        print(f"weights: {weights} (the BVLC release: sha1 matches)")
-    else:
-        print(f"weights: {weights}\nnote: its sha1 is {digest}, not the BVLC release's "
-              f"{WEIGHTS_SHA1}; it loaded as a GoogLeNet caffemodel all the same")
     heads = HEADS if model.aux1 is not None else HEADS[:1]
     if model.aux1 is None:
         print("note: this file has no aux heads (loss1/*, loss2/*): the main head only")
