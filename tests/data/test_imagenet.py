@@ -71,6 +71,12 @@ def test_missing_or_unreadable_photo_is_one_line(tmp_path):
     with pytest.raises(ValueError) as caught:
         load_image(str(text))
     assert "notes.jpg: not an image" in str(caught.value) and "\n" not in str(caught.value)
+    whole = save(tmp_path, np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    cut = tmp_path / "cut.png"
+    with open(whole, "rb") as f:
+        cut.write_bytes(f.read()[:2000])           # a download stopped part-way
+    with pytest.raises(ValueError, match="cut.png: not an image Pillow can read"):
+        load_image(str(cut))
 
 
 def test_the_1000_classes_in_caffes_synset_order():

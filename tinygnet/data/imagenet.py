@@ -59,7 +59,8 @@ def load_image(path, resize=RESIZE, crop=CROP, mean_bgr=BVLC_MEAN_BGR) -> np.nda
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as error:              # not an image, truncated, absurdly large...
         raise ValueError(f"{path}: not an image Pillow can read "
                          f"({type(error).__name__})") from None
     width, height = image.size
