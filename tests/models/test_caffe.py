@@ -294,6 +294,13 @@ def test_unpacked_floats_and_double_data_are_read(tmp_path):
     np.testing.assert_array_equal(second.blobs[0], values.reshape(1, 1, 2, 3))
 
 
+def test_an_empty_blob_of_impossible_dims_is_one_line():
+    net = cw.NetParameter()
+    net.layer.add(name="a", type="Convolution").blobs.add().shape.dim.extend([0, 2 ** 62])
+    with pytest.raises(ValueError, match=r"^odd.caffemodel: not a readable caffemodel"):
+        parse_caffemodel(net.SerializeToString(), source="odd.caffemodel")
+
+
 def one_line_error(path, *needles):
     with pytest.raises(ValueError) as caught:
         load_caffe_googlenet(str(path), width=WIDTH)

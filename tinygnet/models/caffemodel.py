@@ -195,7 +195,10 @@ def _blob(buf):
     if data.size != math.prod(shape):
         raise _WireError(f"holds {data.size} values, its shape {shape} says "
                          f"{math.prod(shape)}")
-    return data.astype(np.float32, copy=False).reshape(shape)
+    try:
+        return data.astype(np.float32, copy=False).reshape(shape)
+    except ValueError:                        # an empty blob of absurd dims, (0, 2**62)
+        raise _WireError(f"an empty blob of impossible shape {shape}") from None
 
 
 def _floats(chunks, dtype):
