@@ -328,6 +328,30 @@ def test_random_bytes_never_raise_anything_but_a_value_error(seed, size):
         assert "random.bin" in str(error) and "\n" not in str(error)
 
 
+SMALL_NET = {version: cw.encode([("conv", "Convolution", [np.ones((2, 3, 1, 1), np.float32),
+                                                           np.zeros(2, np.float32)]),
+                                  ("fc", "InnerProduct", [np.ones((4, 2), np.float32),
+                                                          np.zeros(4, np.float32)])], version)
+             for version in (1, 2)}
+
+
+@given(version=st.sampled_from([1, 2]),
+       edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                      min_size=1, max_size=4))
+def test_a_corrupted_caffemodel_never_raises_anything_but_a_value_error(version, edits):
+    """A real structure with a few bytes changed reaches deeper into the reader than random
+    bytes do: lengths, wire types and shapes that no longer agree."""
+    data = bytearray(SMALL_NET[version])
+    for where, value in edits:
+        data[int(where * len(data))] = value
+    try:
+        layers = parse_caffemodel(bytes(data), source="corrupt.caffemodel")
+    except ValueError as error:
+        assert str(error).startswith("corrupt.caffemodel: ") and "\n" not in str(error)
+    else:
+        assert all(isinstance(b, np.ndarray) for layer in layers for b in layer.blobs)
+
+
 @given(fraction=st.floats(0.0, 0.9999))
 def test_a_truncated_file_is_one_line(thin_file, tmp_path_factory, fraction):
     path, _ = thin_file
