@@ -58,7 +58,9 @@ def test_bad_input_is_one_line(tmp_path, capsys):
              ([photo(tmp_path), "--weights", photo(tmp_path, "p2.png")], 1,
               "not a readable caffemodel"),
              ([photo(tmp_path), "--top", "1001", "--weights", str(weights)], 2, "1000 classes"),
-             ([photo(tmp_path), "--gradients", "--label", "unicorn"], 2, "'unicorn'")]
+             ([photo(tmp_path), "--gradients", "--label", "unicorn"], 2, "'unicorn'"),
+             ([photo(tmp_path), "--filters", photo(tmp_path, "old.png")], 2,
+              "old.png: the file exists")]
     for argv, expected_status, needle in cases:
         status, out, err = run(argv, capsys)
         assert (status, err.count("\n")) == (expected_status, 1), (argv, err)
@@ -110,8 +112,11 @@ def test_classify_end_to_end_on_a_synthetic_bvlc_file(tmp_path, capsys, monkeypa
     photos = [photo(tmp_path, "a.png", 1), photo(tmp_path, "b.png", 2)]
     with open(path, "rb") as f:                    # taken for the BVLC release: no note
         monkeypatch.setattr(classify, "WEIGHTS_SHA1", hashlib.sha1(f.read()).hexdigest())
-    status, out, err = run(photos + ["--data", str(tmp_path), "--gradients"], capsys)
+    filters = tmp_path / "filters.png"
+    status, out, err = run(photos + ["--data", str(tmp_path), "--gradients",
+                                     "--filters", str(filters)], capsys)
     assert status == 0 and err == "", err
+    assert filters.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "note:" not in out and "sha1 matches" in out
 
     names = [c.name for c in imagenet_classes()]
@@ -142,3 +147,19 @@ def test_python_dash_m_runs_it(tmp_path):
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1 and "bvlc_googlenet.caffemodel" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_filter_mosaic_shows_each_filter_in_rgb_on_its_own_scale():
+    """5 filters of 3 x 2 x 3 (BGR input channels), 2 a row: a 3 x 2 grid of 2 x 3 tiles with
+    1-pixel white gaps; each tile the filter with its channels reversed, scaled to [0, 1]."""
+    weight = np.random.default_rng(0).standard_normal((5, 3, 2, 3)).astype(np.float32)
+    weight[3] *= 100                                          # its own scale, not the others'
+    mosaic = classify.filter_mosaic(weight, columns=2)
+    assert mosaic.shape == (3 * 3 - 1, 2 * 4 - 1, 3)
+    for i, filt in enumerate(weight.astype(np.float64)):
+        top, left = (i // 2) * 3, (i % 2) * 4
+        rgb = filt[::-1].transpose(1, 2, 0)                   # KH x KW x (R, G, B)
+        expected = (rgb - rgb.min()) / (rgb.max() - rgb.min())
+        np.testing.assert_allclose(mosaic[top:top + 2, left:left + 3], expected, rtol=1e-6)
+    np.testing.assert_array_equal(mosaic[2], 1.0)             # a gap row
+    np.testing.assert_array_equal(mosaic[6:, 4:], 1.0)        # no sixth filter

@@ -13,6 +13,7 @@ and aux2 (loss2, on inception4d). The aux heads were trained to help
 gradients reach the lower layers; here they are asked, at inference, what
 the features of the middle of the network alone say about the photo.
 
+``--filters PNG`` draws conv1's 64 trained 7x7 filters into a new PNG file.
 ``--gradients`` also backpropagates, for each photo and the main head's
 top class (or ``--label``), the paper's training loss ``main + 0.3 * (aux1
 + aux2)`` one head at a time, and prints each head's share of conv1's
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="classes shown per head (default: 5)")
     parser.add_argument("--gradients", action="store_true",
                         help="also show each head's share of conv1's gradient for the photo")
+    parser.add_argument("--filters", default=None, metavar="PNG",
+                        help="also draw conv1's trained filters into this (new) PNG file")
     parser.add_argument("--label", default=None, metavar="CLASS",
                         help="with --gradients: the class the losses are taken against, an index "
                              "0-999 or a name (default: the main head's top class)")
@@ -99,6 +102,9 @@ def _run(args) -> int:
         if not args.gradients:
             return _error("--label is for --gradients", EXIT_USAGE)
 
+    if args.filters is not None and os.path.lexists(args.filters):
+        return _error(f"--filters {args.filters}: the file exists; give a new name (it is not "
+                      f"overwritten)", EXIT_USAGE)
     weights = args.weights or os.path.join(resolve_data_root(args.data), WEIGHTS_FILE)
     if not os.path.isfile(weights):
         if args.weights:
@@ -128,6 +134,12 @@ def _run(args) -> int:
         return _error(error)
     except OSError as error:
         return _error(f"cannot read {weights}: {error.strerror}")
+    if args.filters is not None:
+        try:
+            _draw_filters(model.conv1.weight.data, args.filters, os.path.basename(weights))
+        except OSError as error:
+            return _error(f"cannot write {args.filters}: {error.strerror}")
+        print(f"conv1's {model.conv1.weight.shape[0]} filters: {args.filters}")
     heads = HEADS if model.aux1 is not None else HEADS[:1]
     if model.aux1 is None:
         print("note: this file has no aux heads (loss1/*, loss2/*): the main head only")
@@ -200,3 +212,29 @@ def _print_gradient_split(model, image, target, classes):
           f"(cross-entropy {each}):")
     print(f"    each head's share of conv1's gradient: {shares}")
 
+
+def filter_mosaic(weight, columns=8):
+    """conv1's filters (N x 3 x KH x KW, input channels BGR) as one RGB picture: a grid of
+    ``columns`` filters a row, each scaled to [0, 1] on its own, 1-pixel white gaps."""
+    n, _, kh, kw = weight.shape
+    rgb = weight[:, ::-1].astype(np.float64)                     # BGR -> RGB, to be seen
+    low = rgb.min(axis=(1, 2, 3), keepdims=True)
+    high = rgb.max(axis=(1, 2, 3), keepdims=True)
+    tiles = ((rgb - low) / np.maximum(high - low, 1e-12)).transpose(0, 2, 3, 1)   # N x KH x KW x 3
+    rows = -(-n // columns)
+    mosaic = np.ones((rows * (kh + 1) - 1, columns * (kw + 1) - 1, 3))
+    for i, tile in enumerate(tiles):
+        top, left = (i // columns) * (kh + 1), (i % columns) * (kw + 1)
+        mosaic[top:top + kh, left:left + kw] = tile
+    return mosaic
+
+
+def _draw_filters(weight, path, source):
+    from .plots import new_figure, save_figure        # matplotlib: only when asked
+    figure = new_figure(6, 6.4)
+    axes = figure.subplots()
+    axes.imshow(filter_mosaic(np.asarray(weight)), interpolation="nearest")
+    axes.set_axis_off()
+    axes.set_title(f"conv1's {weight.shape[0]} filters in {source}\n"
+                   f"({weight.shape[2]}x{weight.shape[3]}, shown RGB, each scaled to its own range)")
+    save_figure(figure, path)
