@@ -156,8 +156,8 @@ def test_each_tta_averages_the_logits_of_its_views(tmp_path):
         "shifts": logits([images, images[..., ::-1]] + [v for s in shifted for v in (s, s[..., ::-1])]),
     }
     for tta, expected in expected_logits.items():
-        accuracy, confusion, _, _ = training.evaluate(trainer.model, trainer.test_loader, "cpu",
-                                                      10, tta=tta)
+        accuracy, confusion = training.evaluate(trainer.model, trainer.test_loader, "cpu", 10,
+                                                tta=tta)
         expected = np.bincount(labels * 10 + expected.argmax(1), minlength=100).reshape(10, 10)
         np.testing.assert_array_equal(confusion, expected, err_msg=tta)
         assert accuracy == np.trace(expected) / len(labels)
@@ -212,7 +212,7 @@ def test_the_test_uses_the_ema_weights_and_training_goes_on_with_the_live_ones(t
                             tiny_data(learnable=True))
     trainer.fit()
     live = {name: value.copy() for name, value in trainer.model.state_dict().items()}
-    accuracy, confusion, _, _ = trainer.evaluate()
+    accuracy, confusion = trainer.evaluate()
     for name, value in trainer.model.state_dict().items():       # swapped back afterwards
         np.testing.assert_array_equal(value, live[name], err_msg=name)
 

@@ -49,22 +49,27 @@ def test_evaluate_reports_each_aux_head_on_the_image_alone_in_one_forward(tmp_pa
     model.train()
     stem_calls = []
     model.conv1.register_forward_hook(lambda *args: stem_calls.append(1))
-    result = training.evaluate(model, trainer.test_loader, "cpu", 10, tta="mirror")
+    result = training.evaluate_heads(model, trainer.test_loader, "cpu", 10, tta="mirror")
     batches = len(range(0, len(labels), trainer.config.eval_batch_size))
     assert len(stem_calls) == 2 * batches and model.training        # two views, train mode again
     for head, accuracy in (("aux1", result.aux1_accuracy), ("aux2", result.aux2_accuracy)):
         predicted = getattr(expected, head).data.argmax(axis=1)
         assert accuracy == np.mean(predicted == labels), head
     assert result.aux1_accuracy != result.aux2_accuracy               # so the check tells them apart
+    aux_calls = []
+    model.aux1.register_forward_hook(lambda *args: aux_calls.append(1))
+    accuracy, confusion = training.evaluate(model, trainer.test_loader, "cpu", 10, tta="mirror")
+    assert accuracy == result.accuracy and (confusion == result.confusion).all()
+    assert aux_calls == []                            # the main head's test runs no aux head
     for tta in training.TTA_VIEWS:                    # every --tta: the aux heads see the image
-        again = training.evaluate(model, trainer.test_loader, "cpu", 10, tta=tta)
+        again = training.evaluate_heads(model, trainer.test_loader, "cpu", 10, tta=tta)
         assert (again.aux1_accuracy, again.aux2_accuracy) == \
             (result.aux1_accuracy, result.aux2_accuracy), tta
 
 
 def test_a_model_without_aux_heads_has_nan_aux_accuracies(tmp_path):
     trainer = quiet_trainer(tiny_config(tmp_path, aux=False), tiny_data())
-    result = trainer.evaluate()
+    result = trainer.evaluate_heads()
     assert math.isnan(result.aux1_accuracy) and math.isnan(result.aux2_accuracy)
     assert 0 <= result.accuracy <= 1
 
@@ -76,7 +81,7 @@ def test_each_epoch_records_and_prints_the_aux_accuracies(tmp_path):
                              log=lines.append)
     trainer.fit()
     row = trainer.history[-1]
-    result = trainer.evaluate()
+    result = trainer.evaluate_heads()
     assert (row["test_acc"], row["test_acc_aux1"], row["test_acc_aux2"]) == \
         (result.accuracy, result.aux1_accuracy, result.aux2_accuracy)
     epoch_line = [line for line in lines if line.startswith("epoch")][-1]

@@ -218,7 +218,7 @@ class Trainer:
                     return self.summary(interrupted=True, checkpoint=self.save())
                 self.check_weights()      # the last step's update is in no loss checked yet
                 started = time.perf_counter()
-                result = self.evaluate()
+                result = self.evaluate_heads()
                 self.end_epoch(result.accuracy, result.confusion,
                                test_seconds=time.perf_counter() - started,
                                aux_accuracies=(result.aux1_accuracy, result.aux2_accuracy))
@@ -270,14 +270,21 @@ class Trainer:
         return text + f" acc {100 * m['train_acc']:.1f}%"
 
     def evaluate(self, views=None):
-        """The test in eval mode (EMA weights if on), a ``training.Evaluation``: the main head's
-        accuracy and confusion matrix, each aux head's accuracy on the image alone;
-        ``views``: the main head's test-time augmentation (default: --tta's)."""
+        """Test accuracy of the main head in eval mode (EMA weights if on) and the confusion
+        matrix; ``views``: the test-time augmentation (default: --tta's)."""
         averaged = self.ema.averaged() if self.ema is not None else nullcontext()
         with averaged:
             return training.evaluate(self.model, self.test_loader, self.config.device,
                                      num_classes=len(self.classes),
                                      tta=views or self.config.tta)
+
+    def evaluate_heads(self) -> training.Evaluation:
+        """``evaluate``, and each aux head's test accuracy on the image alone (NaN without aux
+        heads): a ``training.Evaluation``, the test after every epoch."""
+        averaged = self.ema.averaged() if self.ema is not None else nullcontext()
+        with averaged:
+            return training.evaluate_heads(self.model, self.test_loader, self.config.device,
+                                           num_classes=len(self.classes), tta=self.config.tta)
 
     def end_epoch(self, test_acc, confusion, test_seconds, aux_accuracies=(math.nan, math.nan)):
         """Record the epoch and print its line; write checkpoint.npz, then best.npz (if the test

@@ -10,10 +10,9 @@ One training step is the paper's recipe in five lines::
     optimizer.step()
 
 ``train_epoch`` runs those steps over the training set and hands control
-back after each one; ``evaluate`` tests in eval mode: the main head,
-optionally averaging each test image's logits over several views of it, and
-each aux head on the image alone (``model.heads``: the aux heads exist to
-train, but what do the features they sit on say by themselves?). The
+back after each one; ``evaluate`` tests the main head in eval mode, where
+GoogLeNet returns the main logits only (the aux heads exist to train),
+optionally averaging each test image's logits over several views of it. The
 rest of a run (command line, configuration, checkpoints, Ctrl-C, progress
 bar, plots) lives in ``cifar.py``; this module is the loop itself.
 """
@@ -28,8 +27,8 @@ from .. import backend
 from ..models import googlenet_loss
 from ..tensor import Tensor, no_grad
 
-__all__ = ["train_epoch", "evaluate", "Evaluation", "RunningMetrics", "TTA_VIEWS", "TTA_LABELS",
-           "TTA_DESCRIPTIONS"]
+__all__ = ["train_epoch", "evaluate", "RunningMetrics", "TTA_VIEWS", "TTA_LABELS",
+           "TTA_DESCRIPTIONS", "evaluate_heads", "Evaluation"]
 
 
 def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight=0.3,
@@ -63,7 +62,7 @@ def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight
 
 # Test-time augmentation: the views of each test image whose logits are averaged,
 # each (dy, dx, mirrored): moved dy rows and dx columns, then mirrored left-right or not.
-# The image alone comes first: evaluate tests the aux heads on it.
+# The image alone comes first: evaluate_heads tests the aux heads on it.
 TTA_VIEWS = {
     "none": ((0, 0, False),),
     "mirror": ((0, 0, False), (0, 0, True)),
@@ -78,52 +77,70 @@ TTA_DESCRIPTIONS = {
 }
 
 
+def evaluate(model, loader, device, num_classes, tta="none"):
+    """Test the main head in eval mode: (accuracy, confusion matrix) over ``loader``.
+
+    Eval mode turns dropout off, makes batch norm use its running
+    statistics, and drops the aux heads: the model returns the main logits
+    only. ``tta`` is test-time augmentation, the mean of the logits of
+    several views of each image: ``"none"`` (the image), ``"mirror"`` (the
+    image and its left-right mirror: 2 forward passes) or ``"shifts"`` (those
+    two, and both moved one pixel up-left and one down-right, edges
+    reflected: 6 passes). Training flipped and shifted its images at random,
+    so the network knows these views; averaging them evens out its errors.
+    ``confusion[i, j]`` counts test images of class ``i`` predicted as ``j``
+    (a ``num_classes x num_classes`` int64 NumPy array).
+    """
+    result = _test(model, loader, device, num_classes, tta, aux=False)
+    return result.accuracy, result.confusion
+
+
 Evaluation = namedtuple("Evaluation", ["accuracy", "confusion", "aux1_accuracy", "aux2_accuracy"])
-Evaluation.__doc__ = """A test: the main head's accuracy (on --tta's views) and confusion matrix, and
-each aux head's accuracy on the image alone (NaN for a model without aux heads)."""
+Evaluation.__doc__ = """A test of every head: the main head's accuracy (on --tta's views) and
+confusion matrix, then each aux head's accuracy on the image alone (NaN for a model without
+aux heads)."""
 
 
-def evaluate(model, loader, device, num_classes, tta="none") -> Evaluation:
-    """Test every head in eval mode: ``Evaluation(accuracy, confusion, aux1_accuracy,
-    aux2_accuracy)`` over ``loader``.
-
-    Eval mode turns dropout off and makes batch norm use its running
-    statistics. ``tta`` is test-time augmentation for the main head, the mean
-    of the logits of several views of each image: ``"none"`` (the image),
-    ``"mirror"`` (the image and its left-right mirror: 2 forward passes) or
-    ``"shifts"`` (those two, and both moved one pixel up-left and one
-    down-right, edges reflected: 6 passes). Training flipped and shifted its
-    images at random, so the network knows these views; averaging them evens
-    out its errors. ``confusion[i, j]`` counts test images of class ``i``
-    predicted as ``j`` (a ``num_classes x num_classes`` int64 NumPy array).
+def evaluate_heads(model, loader, device, num_classes, tta="none") -> Evaluation:
+    """``evaluate``, and each aux head's test accuracy on the image alone:
+    ``Evaluation(accuracy, confusion, aux1_accuracy, aux2_accuracy)``.
 
     The aux heads exist to train, and ``model(x)`` in eval mode drops them;
     ``model.heads(x)`` keeps them, so the first view (the image alone) gives
     all three heads' logits in one forward pass: how well do the features of
-    inception4a (aux1) and inception4d (aux2) alone classify?
+    inception4a (aux1) and inception4d (aux2) alone classify? The other views,
+    if any, feed the main head only, as in ``evaluate``.
     """
+    return _test(model, loader, device, num_classes, tta, aux=True)
+
+
+def _test(model, loader, device, num_classes, tta, aux) -> Evaluation:
     model.eval()
     predictions, aux_predictions = [], {"aux1": [], "aux2": []}
     with no_grad():                    # no graph: nothing is kept for a backward pass
         for images, _ in loader:
             x = backend.to_device(images, device)                       # N x 3 x 32 x 32
             views = _views(x, tta)                                      # the image alone first
-            outputs = model.heads(Tensor(next(views)))                  # 3 heads: N x classes
+            if aux:
+                outputs = model.heads(Tensor(next(views)))              # 3 heads: N x classes
+                logits = outputs.logits.data
+                for head, found in aux_predictions.items():
+                    if getattr(outputs, head) is not None:
+                        found.append(getattr(outputs, head).data.argmax(axis=1))
+            else:
+                logits = 0
             # The sum of the views' logits: the same argmax as their mean.
-            logits = outputs.logits.data + sum(model(Tensor(view)).data for view in views)
+            logits = logits + sum(model(Tensor(view)).data for view in views)   # N x classes
             predictions.append(logits.argmax(axis=1))                   # N, on the device
-            for head, found in aux_predictions.items():
-                if getattr(outputs, head) is not None:
-                    found.append(getattr(outputs, head).data.argmax(axis=1))
     model.train()
     xp = backend.get_array_module(predictions[0])
     predicted = backend.to_numpy(xp.concatenate(predictions))                   # all test images
     k = num_classes
     confusion = np.bincount(loader.labels * k + predicted, minlength=k * k).reshape(k, k)
     accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
-    aux = [float(np.mean(backend.to_numpy(xp.concatenate(found)) == loader.labels))
-           if found else math.nan for found in aux_predictions.values()]
-    return Evaluation(accuracy, confusion, *aux)
+    aux_accuracies = [float(np.mean(backend.to_numpy(xp.concatenate(found)) == loader.labels))
+                      if found else math.nan for found in aux_predictions.values()]
+    return Evaluation(accuracy, confusion, *aux_accuracies)
 
 
 def _views(x, tta):
