@@ -193,6 +193,49 @@ def test_eval_mode_returns_logits_and_never_runs_the_aux_heads():
     assert len(calls) == 2                       # no new calls in eval mode
 
 
+def test_heads_in_eval_mode_are_all_three_heads_on_running_statistics():
+    """heads(x) in eval mode: the main logits of model(x), and each aux head on its own
+    Inception output, with dropout off and batch norm on its running statistics (so each
+    image's logits do not depend on the rest of the batch)."""
+    model = GoogLeNet(num_classes=10, config="cifar", width=SMALL, batchnorm=True)
+    rng = np.random.default_rng(3)
+    for name, buffer in model.named_buffers():
+        values = rng.uniform(0.5, 2.0, buffer.shape) if name.endswith("var") else \
+            rng.standard_normal(buffer.shape)
+        buffer.data[...] = values.astype(np.float32)
+    seen = {}
+    for name in ("inception4a", "inception4d"):
+        getattr(model, name).register_forward_hook(lambda m, i, y, name=name: seen.update({name: y}))
+    model.eval()
+    x = image(4, 32)
+    with tinygnet.no_grad():
+        out = model.heads(x)
+        assert isinstance(out, GoogLeNetOutputs) and not model.training
+        np.testing.assert_array_equal(out.logits.numpy(), model(x).numpy())
+        np.testing.assert_allclose(out.aux1.numpy(), model.aux1(seen["inception4a"]).numpy(),
+                                   rtol=1e-6)
+        np.testing.assert_allclose(out.aux2.numpy(), model.aux2(seen["inception4d"]).numpy(),
+                                   rtol=1e-6)
+        first = model.heads(tinygnet.tensor(x.numpy()[:1]))
+        for whole, alone in zip(out, first):
+            np.testing.assert_allclose(alone.numpy(), whole.numpy()[:1], rtol=1e-4, atol=1e-5)
+        model.train()                  # batch statistics: the first image's logits change
+        assert not np.allclose(model.heads(x).aux1.numpy(), out.aux1.numpy(), atol=1e-3)
+    no_aux = GoogLeNet(num_classes=10, config="cifar", width=SMALL, aux=False).eval()
+    logits, aux1, aux2 = no_aux.heads(image(2, 32))
+    assert logits.shape == (2, 10) and aux1 is None and aux2 is None
+
+
+def test_heads_in_train_mode_is_the_training_forward():
+    model = GoogLeNet(num_classes=10, config="cifar", width=SMALL, batchnorm=True, dropout=0.0,
+                      aux_dropout=0.0)
+    x = image(3, 32)
+    with tinygnet.no_grad():
+        for got, expected in zip(model.heads(x), model(x)):
+            np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    assert model.training
+
+
 def test_eval_is_deterministic_and_dropout_acts_in_train():
     model = GoogLeNet(num_classes=10, config="cifar", width=0.25)
     x = image(2, 32)

@@ -10,6 +10,7 @@ import sys
 SUBCOMMANDS = {
     "cifar": ("tinygnet.demo.cifar", "train GoogLeNet on CIFAR-10"),
     "gradflow": ("tinygnet.demo.gradflow", "aux heads vs vanishing gradients: the 2014 experiment"),
+    "classify": ("tinygnet.demo.classify", "the trained BVLC GoogLeNet's three heads on photos"),
 }
 
 

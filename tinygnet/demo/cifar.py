@@ -618,6 +618,10 @@ def _print_summary(result, classes, config, final_views_acc=None) -> None:
     print(f"\nfinal test accuracy {100 * result['final_test_acc']:.2f}%, best "
           f"{100 * result['best_test_acc']:.2f}% (epoch {result['best_epoch']}), on "
           f"{TTA_DESCRIPTIONS[config.tta]}; {int(minutes)} min {seconds:.0f} s")
+    if config.aux and result.get("final_aux_test_acc"):
+        aux1, aux2 = (100 * acc for acc in result["final_aux_test_acc"])
+        print(f"the aux heads alone, final epoch, on the image alone: aux1 (inception4a) "
+              f"{aux1:.2f}%, aux2 (inception4d) {aux2:.2f}%")
     if final_views_acc is not None:
         accuracy, seconds = final_views_acc
         print(f"final weights on {TTA_DESCRIPTIONS[config.final_tta]}: test accuracy "

@@ -30,7 +30,9 @@ def plot_curves(history: list[dict], path, tta="none") -> None:
 
     ``history`` holds one dict per epoch with keys ``epoch``, ``loss``,
     ``loss_main``, ``loss_aux1``, ``loss_aux2`` (aux ones may be NaN when the
-    aux heads are off), ``train_acc`` and ``test_acc`` (fractions in [0, 1]);
+    aux heads are off), ``train_acc`` and ``test_acc`` (fractions in [0, 1]),
+    and ``test_acc_aux1``, ``test_acc_aux2`` (each aux head on the test
+    images alone; NaN or missing: not drawn);
     ``tta``: the views each test image was averaged over (--tta).
     """
     from matplotlib.ticker import MaxNLocator
@@ -52,6 +54,13 @@ def plot_curves(history: list[dict], path, tta="none") -> None:
                        ("test_acc", f"{TTA_LABELS[tta]} (main head, eval mode)")]:
         accuracies.plot(epochs, [100 * row[key] for row in history],
                         marker="o", markersize=3, label=label)
+    # The aux heads on the test images alone (NaN without aux heads, or in the rows of a
+    # checkpoint from before they were measured): drawn where there is a number.
+    for key, label, style in [("test_acc_aux1", "test, aux1 head (on inception4a)", "--"),
+                              ("test_acc_aux2", "test, aux2 head (on inception4d)", ":")]:
+        values = [100 * row.get(key, np.nan) for row in history]
+        if not all(np.isnan(values)):
+            accuracies.plot(epochs, values, style, marker="o", markersize=3, label=label)
     best = max(history, key=lambda row: row["test_acc"])
     accuracies.set(title=f"accuracy (best test {100 * best['test_acc']:.2f}% at epoch {best['epoch']})",
                    xlabel="epoch", ylabel="accuracy (%)")

@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -217,8 +218,10 @@ class Trainer:
                     return self.summary(interrupted=True, checkpoint=self.save())
                 self.check_weights()      # the last step's update is in no loss checked yet
                 started = time.perf_counter()
-                test_acc, confusion = self.evaluate()
-                self.end_epoch(test_acc, confusion, test_seconds=time.perf_counter() - started)
+                result = self.evaluate_heads()
+                self.end_epoch(result.accuracy, result.confusion,
+                               test_seconds=time.perf_counter() - started,
+                               aux_accuracies=(result.aux1_accuracy, result.aux2_accuracy))
                 if self.stop.requested and self.epoch < config.epochs:
                     return self.summary(interrupted=True,
                                         checkpoint=os.path.join(config.out, "checkpoint.npz"))
@@ -275,14 +278,24 @@ class Trainer:
                                      num_classes=len(self.classes),
                                      tta=views or self.config.tta)
 
-    def end_epoch(self, test_acc, confusion, test_seconds) -> None:
+    def evaluate_heads(self) -> training.Evaluation:
+        """``evaluate``, and each aux head's test accuracy on the image alone (NaN without aux
+        heads): a ``training.Evaluation``, the test after every epoch."""
+        averaged = self.ema.averaged() if self.ema is not None else nullcontext()
+        with averaged:
+            return training.evaluate_heads(self.model, self.test_loader, self.config.device,
+                                           num_classes=len(self.classes), tta=self.config.tta)
+
+    def end_epoch(self, test_acc, confusion, test_seconds, aux_accuracies=(math.nan, math.nan)):
         """Record the epoch and print its line; write checkpoint.npz, then best.npz (if the test
-        accuracy improved), metrics.csv and the plots: the checkpoint first (see the class)."""
+        accuracy improved), metrics.csv and the plots: the checkpoint first (see the class).
+        ``aux_accuracies``: aux1's and aux2's test accuracy (NaN without aux heads)."""
         started = time.perf_counter()
         means = self.running.means()
         best_before = max((row["test_acc"] for row in self.history), default=-1.0)
         self.epoch, self.step, self.confusion = self.epoch + 1, 0, confusion
         row = {"epoch": self.epoch, **means, "test_acc": test_acc,
+               "test_acc_aux1": aux_accuracies[0], "test_acc_aux2": aux_accuracies[1],
                "lr": self.scheduler.get_last_lr()[0],
                "train_seconds": self.train_seconds, "test_seconds": test_seconds,
                "images_per_second": self.running.images / max(self.train_seconds, 1e-9),
@@ -305,8 +318,12 @@ class Trainer:
         if self.config.aux:
             text += f", aux1 {row['loss_aux1']:.4f}, aux2 {row['loss_aux2']:.4f}"
         test = training.TTA_LABELS[self.config.tta]
-        return (text + f")  train {100 * row['train_acc']:5.2f}%  {test} {100 * row['test_acc']:5.2f}%"
-                f" (best {100 * best:5.2f}%)  lr {row['lr']:.4g}  {row['train_seconds']:.1f} s"
+        text += (f")  train {100 * row['train_acc']:5.2f}%  {test} {100 * row['test_acc']:5.2f}%"
+                 f" (best {100 * best:5.2f}%)")
+        if self.config.aux:        # rows of a checkpoint from before the aux accuracies: NaN
+            text += "".join(f"  {head} {100 * row.get(f'test_acc_{head}', math.nan):5.2f}%"
+                            for head in ("aux1", "aux2"))
+        return (text + f"  lr {row['lr']:.4g}  {row['train_seconds']:.1f} s"
                 f" + {row['test_seconds']:.1f} s test ({row['images_per_second']:.0f} img/s)")
 
     # -------------------------------------------------------------- outputs
@@ -319,7 +336,12 @@ class Trainer:
     def metrics_text(self) -> str:
         """metrics.csv: one row per completed epoch, the checkpoint's history."""
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(self.history[0]), lineterminator="\n")
+        # The newest row's columns: a run resumed from a checkpoint written before a column
+        # existed (the aux heads' test accuracies) has "nan" in it for the earlier epochs.
+        columns = list(self.history[-1])
+        columns += [k for row in self.history for k in row if k not in columns]
+        writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(columns)), restval="nan",
+                                lineterminator="\n")
         writer.writeheader()
         for row in self.history:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -386,6 +408,9 @@ class Trainer:
         best = best_row(self.history) if self.history else None
         return {"interrupted": interrupted, "checkpoint": checkpoint, "epochs": self.epoch,
                 "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
+                "final_aux_test_acc": tuple(self.history[-1].get(f"test_acc_{head}", math.nan)
+                                            for head in ("aux1", "aux2"))
+                if self.history else None,
                 "best_test_acc": best["test_acc"] if best else None,
                 "best_epoch": best["epoch"] if best else None,
                 "seconds": self.seconds, "confusion": self.confusion,

@@ -13,7 +13,9 @@ One training step is the paper's recipe in five lines::
 and hands control back after each one; ``evaluate`` tests the main head in
 eval mode, where GoogLeNet returns the main logits only (the aux heads exist
 to train), optionally averaging each test image's logits over several views
-of it. The rest of a CIFAR run (checkpoints, Ctrl-C, progress bar, plots)
+of it; ``evaluate_heads`` also asks the two aux heads (``model.heads``, still
+in eval mode, on the image alone) how well the features at inception4a and
+inception4d classify. The rest of a CIFAR run (checkpoints, Ctrl-C, progress bar, plots)
 lives in ``run.py`` and its command line in ``cifar.py``; the gradient-flow
 experiment (``gradflow.py``) trains with the same step and tests with the
 same ``evaluate``. This module is the loop itself.
@@ -21,6 +23,7 @@ same ``evaluate``. This module is the loop itself.
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
 
@@ -28,8 +31,8 @@ from .. import backend
 from ..models import googlenet_loss
 from ..tensor import Tensor, no_grad
 
-__all__ = ["train_step", "train_epoch", "evaluate", "RunningMetrics", "TTA_VIEWS", "TTA_LABELS",
-           "TTA_DESCRIPTIONS"]
+__all__ = ["train_step", "train_epoch", "evaluate", "evaluate_heads", "Evaluation", "RunningMetrics",
+           "TTA_VIEWS", "TTA_LABELS", "TTA_DESCRIPTIONS"]
 
 
 def train_step(model, images, labels, optimizer, device, aux_weight=0.3, label_smoothing=0.0,
@@ -84,6 +87,7 @@ def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight
 
 # Test-time augmentation: the views of each test image whose logits are averaged,
 # each (dy, dx, mirrored): moved dy rows and dx columns, then mirrored left-right or not.
+# The image alone comes first: evaluate_heads tests the aux heads on it.
 TTA_VIEWS = {
     "none": ((0, 0, False),),
     "mirror": ((0, 0, False), (0, 0, True)),
@@ -112,20 +116,56 @@ def evaluate(model, loader, device, num_classes, tta="none"):
     ``confusion[i, j]`` counts test images of class ``i`` predicted as ``j``
     (a ``num_classes x num_classes`` int64 NumPy array).
     """
+    result = _test(model, loader, device, num_classes, tta, aux=False)
+    return result.accuracy, result.confusion
+
+
+Evaluation = namedtuple("Evaluation", ["accuracy", "confusion", "aux1_accuracy", "aux2_accuracy"])
+Evaluation.__doc__ = """A test of every head: the main head's accuracy (on --tta's views) and
+confusion matrix, then each aux head's accuracy on the image alone (NaN for a model without
+aux heads)."""
+
+
+def evaluate_heads(model, loader, device, num_classes, tta="none") -> Evaluation:
+    """``evaluate``, and each aux head's test accuracy on the image alone:
+    ``Evaluation(accuracy, confusion, aux1_accuracy, aux2_accuracy)``.
+
+    The aux heads exist to train, and ``model(x)`` in eval mode drops them;
+    ``model.heads(x)`` keeps them, so the first view (the image alone) gives
+    all three heads' logits in one forward pass: how well do the features of
+    inception4a (aux1) and inception4d (aux2) alone classify? The other views,
+    if any, feed the main head only, as in ``evaluate``.
+    """
+    return _test(model, loader, device, num_classes, tta, aux=True)
+
+
+def _test(model, loader, device, num_classes, tta, aux) -> Evaluation:
     model.eval()
-    predictions = []
+    predictions, aux_predictions = [], {"aux1": [], "aux2": []}
     with no_grad():                    # no graph: nothing is kept for a backward pass
         for images, _ in loader:
             x = backend.to_device(images, device)                       # N x 3 x 32 x 32
+            views = _views(x, tta)                                      # the image alone first
+            if aux:
+                outputs = model.heads(Tensor(next(views)))              # 3 heads: N x classes
+                logits = outputs.logits.data
+                for head, found in aux_predictions.items():
+                    if getattr(outputs, head) is not None:
+                        found.append(getattr(outputs, head).data.argmax(axis=1))
+            else:
+                logits = 0
             # The sum of the views' logits: the same argmax as their mean.
-            logits = sum(model(Tensor(view)).data for view in _views(x, tta))   # N x classes
+            logits = logits + sum(model(Tensor(view)).data for view in views)   # N x classes
             predictions.append(logits.argmax(axis=1))                   # N, on the device
     model.train()
     xp = backend.get_array_module(predictions[0])
     predicted = backend.to_numpy(xp.concatenate(predictions))                   # all test images
     k = num_classes
     confusion = np.bincount(loader.labels * k + predicted, minlength=k * k).reshape(k, k)
-    return float(np.trace(confusion) / max(confusion.sum(), 1)), confusion
+    accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
+    aux_accuracies = [float(np.mean(backend.to_numpy(xp.concatenate(found)) == loader.labels))
+                      if found else math.nan for found in aux_predictions.values()]
+    return Evaluation(accuracy, confusion, *aux_accuracies)
 
 
 def _views(x, tta):

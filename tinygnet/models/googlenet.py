@@ -34,8 +34,9 @@ __all__ = ["GoogLeNet", "Inception", "InceptionAux", "ConvUnit", "GoogLeNetOutpu
            "INCEPTION_CHANNELS", "AUX_CHANNELS", "INITS"]
 
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux1", "aux2"])
-GoogLeNetOutputs.__doc__ = """Train-mode outputs: the main logits, then the heads on inception4a
-and inception4d (each N x num_classes, or None when the model has ``aux=False``)."""
+GoogLeNetOutputs.__doc__ = """The three heads' logits: the main head, then the heads on inception4a
+and inception4d (each N x num_classes, or None when the model has ``aux=False``). What
+``forward`` returns in training mode, and ``heads`` in either mode."""
 
 GoogLeNetLoss = namedtuple("GoogLeNetLoss", ["total", "main", "aux1", "aux2"])
 GoogLeNetLoss.__doc__ = """``total = main + aux_weight * (aux1 + aux2)``; the aux entries are None
@@ -184,7 +185,8 @@ class GoogLeNet(nn.Module):
 
     ``forward(x)`` in training mode returns ``GoogLeNetOutputs(logits, aux1,
     aux2)``; in evaluation mode the logits Tensor alone, and the aux heads
-    do not run.
+    do not run (they are dead weight at inference). ``heads(x)`` returns all
+    three in either mode.
 
     Initialisation (``init``), for every conv and linear layer. Each is
     judged by what it does to the variance of the signal through one layer
@@ -288,6 +290,21 @@ class GoogLeNet(nn.Module):
             self.aux1 = self.aux2 = None
 
     def forward(self, x):
+        outputs = self._forward(x, with_aux=self.training)
+        return outputs if self.training else outputs.logits
+
+    def heads(self, x) -> GoogLeNetOutputs:
+        """All three heads' logits, ``GoogLeNetOutputs(logits, aux1, aux2)``, in the current mode.
+
+        In eval mode (dropout off, batch norm on its running statistics) this
+        is how the aux heads are studied at inference: what do the features
+        of inception4a and inception4d alone say? ``forward`` in eval mode
+        keeps returning the main logits only. aux1 and aux2 are None for a
+        model built with ``aux=False``.
+        """
+        return self._forward(x, with_aux=True)
+
+    def _forward(self, x, with_aux):
         self._check_input(x)
         # Shapes for width 1: imagenet config, then cifar (stem_stride 1) after the bar.
         if self.config == "imagenet":
@@ -308,11 +325,11 @@ class GoogLeNet(nn.Module):
         x = self.inception3b(x)                  # N x 480 x 28 x 28     | N x 480 x 32 x 32
         x = self.pool3(x)                        # N x 480 x 14 x 14     | N x 480 x 16 x 16
         x = self.inception4a(x)                  # N x 512 x 14 x 14     | N x 512 x 16 x 16
-        aux1 = self._aux(self.aux1, x)           # N x num_classes (training only)
+        aux1 = self._aux(self.aux1, x, with_aux) # N x num_classes (or None)
         x = self.inception4b(x)                  # N x 512 x 14 x 14     | N x 512 x 16 x 16
         x = self.inception4c(x)                  # N x 512 x 14 x 14     | N x 512 x 16 x 16
         x = self.inception4d(x)                  # N x 528 x 14 x 14     | N x 528 x 16 x 16
-        aux2 = self._aux(self.aux2, x)           # N x num_classes (training only)
+        aux2 = self._aux(self.aux2, x, with_aux) # N x num_classes (or None)
         x = self.inception4e(x)                  # N x 832 x 14 x 14     | N x 832 x 16 x 16
         x = self.pool4(x)                        # N x 832 x 7 x 7       | N x 832 x 8 x 8
         x = self.inception5a(x)                  # N x 832 x 7 x 7       | N x 832 x 8 x 8
@@ -321,15 +338,12 @@ class GoogLeNet(nn.Module):
         x = x.flatten(1)                         # N x 1024
         x = self.dropout(x)                      # N x 1024
         logits = self.fc(x)                      # N x num_classes
-        if not self.training:
-            return logits
         return GoogLeNetOutputs(logits, aux1, aux2)
 
-    def _aux(self, head, x):
-        """Run an auxiliary head in training mode only (it is dead weight at inference)."""
-        if head is None or not self.training:
-            return None
-        return head(x)
+    @staticmethod
+    def _aux(head, x, with_aux):
+        """Run an auxiliary head if asked and if the model has it."""
+        return head(x) if with_aux and head is not None else None
 
     def _check_input(self, x):
         size = self.input_size
