@@ -8,10 +8,12 @@ function with:
   cut into blocks that tinygnet's CPU threads run at once
   (``threads.parallel_for``);
 * **Fewer passes over memory**: the per-channel sums are ``einsum``
-  reductions (one pass, no product array), and the outputs are written in
-  place (``out=``) into arrays allocated once;
-* **The fused ReLU in place**: with ``relu=True`` (``batch_norm_relu``) the
-  ReLU overwrites batch norm's own output, one array instead of two.
+  reductions (one pass, no product array), and each output array is
+  allocated once per call, up front, then filled block by block in place
+  (``out=``) with no temporaries of the input's size.
+
+The ReLU that follows every batch norm in GoogLeNet is not part of this op:
+it is its own op, with its own fast path (``cpu_activation.py``).
 """
 from __future__ import annotations
 
@@ -57,13 +59,11 @@ class BatchNormChunked(BatchNorm):
         gb = sum(gy)            gW = sum(gy * xc) * inv_std
         gx = weight * inv_std * (gy - gb/m - xc * inv_std^2 * sum(gy * xc)/m)
 
-    Sums are ``einsum`` reductions (one pass, no product array), every other
-    array is written in place (``out=``), and with ``relu=True`` the ReLU is
-    taken in place on batch norm's own output.
+    Sums are ``einsum`` reductions (one pass, no product array), and every
+    other array is written in place (``out=``).
     """
 
-    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps,
-                relu=False):
+    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
         C = x.shape[1]
         m = x.size // C
         needs_grad = any(self.needs_input_grad)
@@ -104,14 +104,11 @@ class BatchNormChunked(BatchNorm):
                     shift += bias[c0:c1]
                 np.multiply(xs, sc, out=ys)
                 ys += _per_channel(shift, x.ndim)
-            if relu:
-                np.maximum(ys, 0, out=ys)     # y is ours: ReLU in place
 
         parallel_for(C, normalise, min_chunk=MIN_BLOCK_ELEMENTS // m + 1)
         if needs_grad:
             self.training, self.m, self.ndim = training, m, x.ndim
             self.inv_std, self.scale = inv_std, scale
-            self.y = y if relu else None      # ReLU's backward needs only y > 0
             if training:
                 self.xc = xc
             elif self.needs_input_grad[1]:                         # gW needs x_hat
@@ -131,8 +128,6 @@ class BatchNormChunked(BatchNorm):
 
         def backward_channels(c0, c1):
             g = gy[:, c0:c1]
-            if self.y is not None:
-                g = g * (self.y[:, c0:c1] > 0)   # through the fused ReLU first
             if gb is not None:
                 gb[c0:c1] = _channel_sum(g)
             gxc = (_channel_sum(g, self.xc[:, c0:c1])
