@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import get_array_module
+
 
 def _python_to_array(data, dtype):
     """Python numbers and (nested) lists become float32 unless a dtype is given."""
@@ -29,3 +31,37 @@ def _explain_bad_numbers(data, prefix, where="data") -> None:
     elif not isinstance(data, (bool, int, float, np.number, np.bool_)):
         raise TypeError(f"{prefix}expected numbers (float, int or bool) or nested lists of them; "
                         f"{where} is {type(data).__name__} ({data!r:.40})")
+
+
+def _operand_array(value, like):
+    """A constant operand (a number, a list of numbers, an array) as an array to combine
+    with the array ``like``: on its device and, for numbers and lists, of its dtype.
+
+    Python numbers take the tensor's dtype (``x * 2`` stays float32).
+    A float array of another precision is refused: no silent float64.
+    """
+    xp = get_array_module(like)
+    if isinstance(value, (int, float, bool, np.number)):
+        return xp.asarray(value, dtype=like.dtype)
+    if not hasattr(value, "dtype"):
+        if not isinstance(value, (list, tuple)):     # a str, None, a dict...: not an operand
+            raise TypeError(f"a Tensor combines with numbers, arrays, lists of numbers and "
+                            f"Tensors, not {type(value).__name__} ({value!r:.40})")
+        try:
+            return xp.asarray(value, dtype=like.dtype)
+        except (ValueError, TypeError):
+            _explain_bad_numbers(value, "a Tensor combines with numbers, arrays, lists of numbers "
+                                        "and Tensors: ", "the other operand")
+            raise
+    array = xp.asarray(value)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"a Tensor combines with numbers, arrays, lists of numbers and Tensors, "
+                        f"not an array of dtype {array.dtype}")
+    _check_float_dtypes(like.dtype, array.dtype, "convert one first")
+    return array
+
+
+def _check_float_dtypes(a, b, advice="convert one with .to(dtype=...)"):
+    """Two float operands must have the same precision: no silent float64."""
+    if a != b and a.kind == "f" and b.kind == "f":
+        raise TypeError(f"operands have different float dtypes ({a} and {b}); {advice}")

@@ -1,11 +1,29 @@
-"""The elementary ops behind Tensor's operators and methods (+, *, @, x[i], sum, reshape, ...)."""
+"""The elementary ops behind Tensor's operators and methods (+, *, @, x[i], sum, reshape, ...).
+
+Each is a ``Function`` (forward and backward side by side), as the ops of
+``tinygnet.functional``; at the end of the file, Tensor's operators and
+methods that run them (``Tensor.__add__`` runs ``Add``, ...) are set on Tensor.
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from . import backend
 from .backend import get_array_module
-from .tensor import Function, Tensor, _lift
+from .conversion import _check_float_dtypes, _operand_array
+from .tensor import Function, Tensor
+
+
+def _lift(value, like: Tensor) -> Tensor:
+    """The other operand of an operator as a Tensor of ``like``'s dtype and device.
+
+    Tensors pass through (a float tensor of another precision is refused);
+    numbers, lists and arrays are converted by ``conversion._operand_array``.
+    """
+    if isinstance(value, Tensor):
+        _check_float_dtypes(like.dtype, value.dtype)
+        return value
+    return Tensor._wrap(_operand_array(value, like.data))
 
 
 def _raw(value):
@@ -93,12 +111,15 @@ class Mul(Function):
 class Div(Function):
     def forward(self, a, b):
         _check_broadcast("divide", a, b)
-        self.a, self.b = a, b
+        # d(a/b)/da = 1/b and d(a/b)/db = -a/b^2: b serves both gradients, a only b's.
+        self.a = a if self.needs_input_grad[1] else None
+        self.b = b if any(self.needs_input_grad) else None
+        self.a_shape, self.b_shape = a.shape, b.shape
         return a / b
 
     def backward(self, gy):
-        ga = unbroadcast(gy / self.b, self.a.shape) if self.needs_input_grad[0] else None
-        gb = (unbroadcast(-gy * self.a / (self.b * self.b), self.b.shape)
+        ga = unbroadcast(gy / self.b, self.a_shape) if self.needs_input_grad[0] else None
+        gb = (unbroadcast(-gy * self.a / (self.b * self.b), self.b_shape)
               if self.needs_input_grad[1] else None)
         return ga, gb
 
@@ -261,6 +282,13 @@ class Convert(Function):
 # Tensor's operators and methods that run these ops, set on Tensor below
 # --------------------------------------------------------------------------
 class _TensorMethods:
+    """The methods of Tensor that run an op, written here beside the ops.
+
+    The engine (``tensor.py``) cannot import this module (it is built on the
+    engine), so the loop after this class copies each method onto Tensor:
+    ``x + y`` calls ``_TensorMethods.__add__`` as Tensor's own ``__add__``.
+    """
+
     def to(self, device=None, dtype=None) -> "Tensor":
         """A copy on ``device`` and/or of ``dtype`` (self if nothing changes).
 

@@ -26,6 +26,13 @@ How an op is written (see ``functional/`` for many more)::
 ``Function.apply`` runs the op's reference implementation (the class itself)
 unless a fast path is registered for the device and turned on
 (``tinygnet/dispatch.py``).
+
+This file is the engine: grad mode, ``Function``, ``Tensor`` itself and the
+backward pass. Beside it, ``ops.py`` holds the elementary ops behind Tensor's
+operators and methods (``+``, ``*``, ``@``, ``x[i]``, ``sum``, ``reshape``,
+``to``, ...) and sets those methods on Tensor; ``conversion.py`` turns Python
+numbers and lists into arrays and explains, in one line, what it cannot
+convert.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ import numpy as np
 
 from . import backend, dispatch
 from .backend import get_array_module
-from .conversion import _explain_bad_numbers, _python_to_array
+from .conversion import _explain_bad_numbers, _operand_array, _python_to_array
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad",
            "is_grad_enabled", "as_tensor"]
@@ -80,9 +87,11 @@ class Function:
     Subclasses define ``forward(*arrays, **options) -> array`` and
     ``backward(gy) -> gx`` (one gradient per array input, a tuple when there
     are several; ``None`` for an input that needs none). ``forward`` stores on
-    ``self`` exactly what ``backward`` needs and nothing more.
-    ``self.needs_input_grad`` (a tuple of bools, set before ``forward``) lets
-    an op skip work for inputs that need no gradient.
+    ``self`` what ``backward`` needs: the arrays kept there stay in memory
+    until the backward pass has run. ``self.needs_input_grad`` (a tuple of
+    bools, set before ``forward``; all False outside a graph) lets an op keep
+    and compute only what the inputs that need a gradient need (``Mul`` and
+    ``Div`` in ``ops.py``).
     """
 
     inputs: tuple = ()
@@ -136,7 +145,9 @@ class Tensor:
     """An array with an optional gradient and a link to the op that made it.
 
     Attributes: ``data`` (the NumPy/CuPy array), ``grad`` (a Tensor or None),
-    ``requires_grad``. Build one with ``tinygnet.tensor(...)``.
+    ``requires_grad``. Build one with ``tinygnet.tensor(...)``. The operators
+    and the methods that run an op (``+``, ``@``, ``x[i]``, ``sum``,
+    ``reshape``, ``to``, ...) are defined beside their ops, in ``ops.py``.
     """
 
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
@@ -269,44 +280,16 @@ def tensor(data, requires_grad=False, dtype=None, device="cpu") -> Tensor:
 
 
 def as_tensor(value, like: Tensor | None = None) -> Tensor:
-    """``value`` as a Tensor (no copy if it already is one)."""
-    if isinstance(value, Tensor):
-        return value
-    return _lift(value, like) if like is not None else Tensor(value)
+    """``value`` as a Tensor (no copy if it already is one).
 
-
-def _lift(value, like: Tensor) -> Tensor:
-    """A constant operand as a Tensor of ``like``'s dtype and device.
-
-    Python numbers take the tensor's dtype (``x * 2`` stays float32).
-    A float tensor of another precision is refused: no silent float64.
+    With ``like``, a number, list or array takes ``like``'s dtype and device,
+    as the other operand of ``like + value`` does.
     """
     if isinstance(value, Tensor):
-        if value.dtype != like.dtype and value.dtype.kind == "f" and like.dtype.kind == "f":
-            raise TypeError(f"operands have different float dtypes ({like.dtype} and "
-                            f"{value.dtype}); convert one with .to(dtype=...)")
         return value
-    xp = get_array_module(like.data)
-    if isinstance(value, (int, float, bool, np.number)):
-        return Tensor._wrap(xp.asarray(value, dtype=like.dtype))
-    if not hasattr(value, "dtype"):
-        if not isinstance(value, (list, tuple)):     # a str, None, a dict...: not an operand
-            raise TypeError(f"a Tensor combines with numbers, arrays, lists of numbers and "
-                            f"Tensors, not {type(value).__name__} ({value!r:.40})")
-        try:
-            return Tensor._wrap(xp.asarray(value, dtype=like.dtype))
-        except (ValueError, TypeError):
-            _explain_bad_numbers(value, "a Tensor combines with numbers, arrays, lists of numbers "
-                                        "and Tensors: ", "the other operand")
-            raise
-    array = xp.asarray(value)
-    if array.dtype.kind not in "fiub":
-        raise TypeError(f"a Tensor combines with numbers, arrays, lists of numbers and Tensors, "
-                        f"not an array of dtype {array.dtype}")
-    if array.dtype.kind == "f" and array.dtype != like.dtype:
-        raise TypeError(f"operands have different float dtypes ({like.dtype} and "
-                        f"{array.dtype}); convert one first")
-    return Tensor._wrap(array)
+    if like is None:
+        return Tensor(value)
+    return Tensor._wrap(_operand_array(value, like.data))
 
 
 # --------------------------------------------------------------------------
