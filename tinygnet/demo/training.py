@@ -13,8 +13,9 @@ One training step is the paper's recipe in five lines::
 back after each one; ``evaluate`` tests the main head in eval mode, where
 GoogLeNet returns the main logits only (the aux heads exist to train),
 optionally averaging each test image's logits over several views of it. The
-rest of a run (command line, configuration, checkpoints, Ctrl-C, progress
-bar, plots) lives in ``cifar.py``; this module is the loop itself.
+rest of a run (model and optimiser, checkpoints, Ctrl-C, progress bar,
+plots) lives in ``run.py``, its command line and configuration in
+``cifar.py``; this module is the loop itself.
 """
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..tensor import Function, Tensor
-from ._checks import check_float
+from .checks import check_float
 
-__all__ = ["local_response_norm", "batch_norm"]
+__all__ = ["local_response_norm", "batch_norm", "per_channel"]
 
 
 # --------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
 # --------------------------------------------------------------------------
 # Batch normalisation
 # --------------------------------------------------------------------------
-def _per_channel(c_array, ndim):
+def per_channel(c_array, ndim):
     """A (C,) array shaped to broadcast against (N, C) or (N, C, H, W)."""
     return c_array.reshape((1, -1) + (1,) * (ndim - 2))
 
@@ -112,7 +112,7 @@ class BatchNorm(Function):
         m = x.size // C
         if training:
             mean = x.mean(axis=axes)                         # C
-            var = ((x - _per_channel(mean, x.ndim)) ** 2).mean(axis=axes)
+            var = ((x - per_channel(mean, x.ndim)) ** 2).mean(axis=axes)
             if running_mean is not None:                     # updated in place
                 running_mean *= 1 - momentum
                 running_mean += momentum * mean.astype(running_mean.dtype)
@@ -123,12 +123,12 @@ class BatchNorm(Function):
             mean = running_mean.astype(x.dtype)
             var = running_var.astype(x.dtype)
         inv_std = 1.0 / xp.sqrt(var + eps)                   # C
-        x_hat = (x - _per_channel(mean, x.ndim)) * _per_channel(inv_std, x.ndim)
+        x_hat = (x - per_channel(mean, x.ndim)) * per_channel(inv_std, x.ndim)
         y = x_hat
         if weight is not None:
-            y = y * _per_channel(weight, x.ndim)
+            y = y * per_channel(weight, x.ndim)
         if bias is not None:
-            y = y + _per_channel(bias, x.ndim)
+            y = y + per_channel(bias, x.ndim)
         if any(self.needs_input_grad):
             self.x_hat, self.inv_std, self.weight = x_hat, inv_std, weight
             self.training = training
@@ -146,10 +146,10 @@ class BatchNorm(Function):
             if self.training:
                 mean_gy = gy.mean(axis=axes)
                 mean_gy_x_hat = (gy * self.x_hat).mean(axis=axes)
-                gx = (gy - _per_channel(mean_gy, ndim)
-                      - self.x_hat * _per_channel(mean_gy_x_hat, ndim)) * _per_channel(scale, ndim)
+                gx = (gy - per_channel(mean_gy, ndim)
+                      - self.x_hat * per_channel(mean_gy_x_hat, ndim)) * per_channel(scale, ndim)
             else:
-                gx = gy * _per_channel(scale, ndim)
+                gx = gy * per_channel(scale, ndim)
         return gx, gW, gb
 
 
@@ -182,8 +182,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             raise TypeError(f"batch_norm: {name} is {t.dtype} but the input is {x.dtype}; "
                             f"convert one with .to(dtype=...)")
     if not training and (running_mean is None or running_var is None):
-        raise ValueError(f"batch_norm: evaluation mode (training=False) needs running_mean and "
-                         f"running_var")
+        raise ValueError("batch_norm: evaluation mode (training=False) needs running_mean and "
+                         "running_var")
     if training and x.size // max(C, 1) < 2:
         raise ValueError(f"batch_norm: training needs more than one value per channel, got an "
                          f"input of shape {tuple(x.shape)}")

@@ -1,4 +1,4 @@
-"""The fast CPU ReLU: blocks of the batch on several threads, no temporaries of the input's size.
+"""The fast CPU ReLU: blocks of the batch on several threads, each writing into one output array.
 
 The reference (``functional/activation.py``) is ``xp.maximum(x, 0)`` forward
 and ``gy * (y > 0)`` backward, each one NumPy call on one core. This fast

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dispatch import register_fast
-from ..functional.norm import BatchNorm
+from ..functional.norm import BatchNorm, per_channel
 from .threads import parallel_for
 
 __all__ = ["BatchNormChunked"]
@@ -30,11 +30,6 @@ __all__ = ["BatchNormChunked"]
 # hand-off to a thread pays only on big inputs (tuned on GoogLeNet's training
 # step; README, Performance).
 MIN_BLOCK_ELEMENTS = 1 << 22
-
-
-def _per_channel(c_array, ndim):
-    """A (C,) array shaped to broadcast against (N, C) or (N, C, H, W)."""
-    return c_array.reshape((1, -1) + (1,) * (ndim - 2))
 
 
 def _channel_sum(a, b=None):
@@ -78,7 +73,7 @@ class BatchNormChunked(BatchNorm):
             if training:
                 mean = _channel_sum(xs) / m
                 xcs = xc[:, c0:c1]
-                np.subtract(xs, _per_channel(mean, x.ndim), out=xcs)
+                np.subtract(xs, per_channel(mean, x.ndim), out=xcs)
                 var = _channel_sum(xcs, xcs) / m
                 if running_mean is not None:
                     r = running_mean[c0:c1]
@@ -93,17 +88,17 @@ class BatchNormChunked(BatchNorm):
                 var = running_var[c0:c1].astype(x.dtype, copy=False)
             inv_std[c0:c1] = 1.0 / np.sqrt(var + eps)
             scale[c0:c1] = inv_std[c0:c1] if weight is None else weight[c0:c1] * inv_std[c0:c1]
-            sc = _per_channel(scale[c0:c1], x.ndim)
+            sc = per_channel(scale[c0:c1], x.ndim)
             if training:                      # y = xc * scale + bias
                 np.multiply(xcs, sc, out=ys)
                 if bias is not None:
-                    ys += _per_channel(bias[c0:c1], x.ndim)
+                    ys += per_channel(bias[c0:c1], x.ndim)
             else:                             # y = x * scale + (bias - mean * scale)
                 shift = -mean * scale[c0:c1]
                 if bias is not None:
                     shift += bias[c0:c1]
                 np.multiply(xs, sc, out=ys)
-                ys += _per_channel(shift, x.ndim)
+                ys += per_channel(shift, x.ndim)
 
         parallel_for(C, normalise, min_chunk=MIN_BLOCK_ELEMENTS // m + 1)
         if needs_grad:
@@ -112,7 +107,7 @@ class BatchNormChunked(BatchNorm):
             if training:
                 self.xc = xc
             elif self.needs_input_grad[1]:                         # gW needs x_hat
-                self.xc = x - _per_channel(running_mean.astype(x.dtype, copy=False), x.ndim)
+                self.xc = x - per_channel(running_mean.astype(x.dtype, copy=False), x.ndim)
         return y
 
     def backward(self, gy):
@@ -123,8 +118,8 @@ class BatchNormChunked(BatchNorm):
         gW = np.empty(C, dtype=gy.dtype) if need_gW else None
         gx = np.empty_like(gy) if need_gx else None
 
-        def per_channel(c_array):
-            return _per_channel(c_array, self.ndim)
+        def shaped(c_array):          # (C,) -> broadcastable against gy
+            return per_channel(c_array, self.ndim)
 
         def backward_channels(c0, c1):
             g = gy[:, c0:c1]
@@ -140,13 +135,13 @@ class BatchNormChunked(BatchNorm):
             if self.training:
                 # gx = scale * (gy - gb/m - xc * inv_std^2 * gxc/m), built in one buffer
                 inv_std = self.inv_std[c0:c1]
-                np.multiply(self.xc[:, c0:c1], per_channel(-inv_std * inv_std * gxc / self.m),
+                np.multiply(self.xc[:, c0:c1], shaped(-inv_std * inv_std * gxc / self.m),
                             out=gxs)
                 gxs += g
-                gxs += per_channel(-gb[c0:c1] / self.m)
-                gxs *= per_channel(scale)
+                gxs += shaped(-gb[c0:c1] / self.m)
+                gxs *= shaped(scale)
             else:
-                np.multiply(g, per_channel(scale), out=gxs)
+                np.multiply(g, shaped(scale), out=gxs)
 
         parallel_for(C, backward_channels, min_chunk=MIN_BLOCK_ELEMENTS // self.m + 1)
         return gx, gW, (gb if need_gb else None)
