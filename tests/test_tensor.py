@@ -202,6 +202,29 @@ def test_no_grad_builds_no_graph(rng):
     assert tg.is_grad_enabled()
 
 
+def test_grad_mode_is_restored_when_the_block_raises(rng):
+    """no_grad and enable_grad put the previous mode back however their block ends."""
+    x = t64(rng, 3)
+    with pytest.raises(ValueError, match="inside"):
+        with tg.no_grad():
+            raise ValueError("inside no_grad")
+    assert tg.is_grad_enabled() and (x * 2).requires_grad
+    with tg.no_grad():
+        with pytest.raises(ValueError, match="inside"):
+            with tg.enable_grad():
+                assert (x * 2).requires_grad
+                raise ValueError("inside enable_grad")
+        assert not tg.is_grad_enabled() and not (x * 2).requires_grad
+    assert tg.is_grad_enabled()
+
+    @tg.no_grad()
+    def failing_step():
+        raise ValueError("inside a no_grad function")
+    with pytest.raises(ValueError, match="inside"):
+        failing_step()
+    assert tg.is_grad_enabled()
+
+
 def test_backward_twice_without_retain_graph_is_a_clear_error(rng):
     x = t64(rng, 3)
     y = (x * x).sum()
