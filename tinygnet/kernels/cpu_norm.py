@@ -10,7 +10,7 @@ function with:
 * **Fewer passes over memory**: the per-channel sums are ``einsum``
   reductions (one pass, no product array), and each output array is
   allocated once per call, up front, then filled block by block in place
-  (``out=``) with no temporaries of the input's size.
+  (``out=``).
 
 The ReLU that follows every batch norm in GoogLeNet is not part of this op:
 it is its own op, with its own fast path (``cpu_activation.py``).
