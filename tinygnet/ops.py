@@ -282,7 +282,8 @@ class Convert(Function):
 # Tensor's operators and methods that run these ops, set on Tensor below
 # --------------------------------------------------------------------------
 class _TensorMethods:
-    """The methods of Tensor that run an op, written here beside the ops.
+    """Tensor's operators (arithmetic, comparisons, indexing) and its math, shape and
+    conversion methods, written here beside the ops they run.
 
     The engine (``tensor.py``) cannot import this module (it is built on the
     engine), so the loop after this class copies each method onto Tensor:
