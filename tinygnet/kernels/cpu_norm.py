@@ -55,59 +55,58 @@ class BatchNormChunked(BatchNorm):
         gx = weight * inv_std * (gy - gb/m - xc * inv_std^2 * sum(gy * xc)/m)
 
     Sums are ``einsum`` reductions (one pass, no product array), and every
-    other array is written in place (``out=``).
+    other array is written in place (``out=``). xc is not kept: backward
+    rebuilds it from x, which the graph keeps anyway as this op's input, so
+    a batch norm holds no array as large as x beyond its input and output.
     """
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
         C = x.shape[1]
         m = x.size // C
-        needs_grad = any(self.needs_input_grad)
         y = np.empty_like(x)
-        # xc = x - mean is kept for backward; without a graph it is built in y.
-        xc = (np.empty_like(x) if needs_grad else y) if training else None
+        mean = np.empty(C, dtype=x.dtype)       # the mean subtracted: the batch's or the running one
         inv_std = np.empty(C, dtype=x.dtype)
         scale = np.empty(C, dtype=x.dtype)
 
         def normalise(c0, c1):     # channels c0..c1
             xs, ys = x[:, c0:c1], y[:, c0:c1]
             if training:
-                mean = _channel_sum(xs) / m
-                xcs = xc[:, c0:c1]
-                np.subtract(xs, per_channel(mean, x.ndim), out=xcs)
-                var = _channel_sum(xcs, xcs) / m
+                mean[c0:c1] = _channel_sum(xs) / m
+                np.subtract(xs, per_channel(mean[c0:c1], x.ndim), out=ys)     # xc, built in y
+                var = _channel_sum(ys, ys) / m
                 if running_mean is not None:
                     r = running_mean[c0:c1]
                     r *= 1 - momentum
-                    r += momentum * mean.astype(r.dtype, copy=False)
+                    r += momentum * mean[c0:c1].astype(r.dtype, copy=False)
                 if running_var is not None:
                     r = running_var[c0:c1]
                     r *= 1 - momentum
                     r += (momentum * m / (m - 1)) * var.astype(r.dtype, copy=False)
             else:
-                mean = running_mean[c0:c1].astype(x.dtype, copy=False)
+                mean[c0:c1] = running_mean[c0:c1].astype(x.dtype, copy=False)
                 var = running_var[c0:c1].astype(x.dtype, copy=False)
             inv_std[c0:c1] = 1.0 / np.sqrt(var + eps)
             scale[c0:c1] = inv_std[c0:c1] if weight is None else weight[c0:c1] * inv_std[c0:c1]
             sc = per_channel(scale[c0:c1], x.ndim)
             if training:                      # y = xc * scale + bias
-                np.multiply(xcs, sc, out=ys)
+                ys *= sc
                 if bias is not None:
                     ys += per_channel(bias[c0:c1], x.ndim)
             else:                             # y = x * scale + (bias - mean * scale)
-                shift = -mean * scale[c0:c1]
+                shift = -mean[c0:c1] * scale[c0:c1]
                 if bias is not None:
                     shift += bias[c0:c1]
                 np.multiply(xs, sc, out=ys)
                 ys += per_channel(shift, x.ndim)
 
         parallel_for(C, normalise, min_chunk=MIN_BLOCK_ELEMENTS // m + 1)
-        if needs_grad:
+        if any(self.needs_input_grad):
             self.training, self.m, self.ndim = training, m, x.ndim
-            self.inv_std, self.scale = inv_std, scale
-            if training:
-                self.xc = xc
-            elif self.needs_input_grad[1]:                         # gW needs x_hat
-                self.xc = x - per_channel(running_mean.astype(x.dtype, copy=False), x.ndim)
+            self.mean, self.inv_std, self.scale = mean, inv_std, scale
+            # Backward rebuilds xc = x - mean from x (which the graph keeps anyway, as
+            # this op's input) rather than keeping an xc as large as x.
+            needs_xc = self.needs_input_grad[1] or (training and self.needs_input_grad[0])
+            self.x = x if needs_xc else None
         return y
 
     def backward(self, gy):
@@ -125,18 +124,19 @@ class BatchNormChunked(BatchNorm):
             g = gy[:, c0:c1]
             if gb is not None:
                 gb[c0:c1] = _channel_sum(g)
-            gxc = (_channel_sum(g, self.xc[:, c0:c1])
-                   if (need_gW or need_sums) else None)             # sum(gy * xc)
+            if need_gW or need_sums:          # xc = x - mean, rebuilt in gx's block if it has one
+                xc = gx[:, c0:c1] if need_gx else np.empty(g.shape, dtype=gy.dtype)
+                np.subtract(self.x[:, c0:c1], shaped(self.mean[c0:c1]), out=xc)
+                gxc = _channel_sum(g, xc)                                 # sum(gy * xc)
             if need_gW:
                 gW[c0:c1] = gxc * self.inv_std[c0:c1]
             if not need_gx:
                 return
             gxs, scale = gx[:, c0:c1], self.scale[c0:c1]
             if self.training:
-                # gx = scale * (gy - gb/m - xc * inv_std^2 * gxc/m), built in one buffer
+                # gx = scale * (gy - gb/m - xc * inv_std^2 * gxc/m), built in one buffer (xc's)
                 inv_std = self.inv_std[c0:c1]
-                np.multiply(self.xc[:, c0:c1], shaped(-inv_std * inv_std * gxc / self.m),
-                            out=gxs)
+                gxs *= shaped(-inv_std * inv_std * gxc / self.m)
                 gxs += g
                 gxs += shaped(-gb[c0:c1] / self.m)
                 gxs *= shaped(scale)
