@@ -19,7 +19,9 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MAY_IMPORT = {
     "backend": set(),
     "dispatch": {"backend"},
-    "tensor": {"backend", "dispatch"},
+    "conversion": {"backend"},
+    "tensor": {"backend", "dispatch", "conversion"},
+    "ops": {"backend", "tensor", "conversion"},
     "gradcheck": {"backend", "tensor"},
     "checkpoint": {"backend"},
     "data": {"backend"},

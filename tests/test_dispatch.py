@@ -13,7 +13,7 @@ from tinygnet.functional.conv import Conv2d
 from tinygnet.functional.loss import CrossEntropy
 from tinygnet.functional.norm import BatchNorm, LocalResponseNorm
 from tinygnet.functional.pool import AvgPool2d, MaxPool2d
-from tinygnet.kernels import cpu_conv, cpu_norm, cpu_pool, cuda
+from tinygnet.kernels import cpu_activation, cpu_conv, cpu_norm, cpu_pool, cuda
 from tinygnet.tensor import Function
 
 
@@ -31,6 +31,7 @@ def test_the_fast_paths_registered():
                 (MaxPool2d, "cpu"): cpu_pool.MaxPool2dFlatPasses,
                 (AvgPool2d, "cpu"): cpu_pool.AvgPool2dFlatPasses,
                 (BatchNorm, "cpu"): cpu_norm.BatchNormChunked,
+                (ReLU, "cpu"): cpu_activation.ReLUBlocks,
                 (Conv2d, "cuda"): cuda.Conv2dCudaIm2col,
                 (MaxPool2d, "cuda"): cuda.MaxPool2dCuda,
                 (LocalResponseNorm, "cuda"): cuda.LocalResponseNormCuda,
@@ -97,8 +98,8 @@ def test_use_fast_wants_a_bool(bad):
 
 def test_ops_without_a_fast_path_run_their_reference(rng):
     x = tg.tensor(rng.standard_normal((2, 3)), requires_grad=True)
-    assert grad_fn_class(F.relu(x)) is ReLU              # ReLU's fast path is for the GPU only
     assert grad_fn_class(F.softmax(x, dim=1)).__name__ == "Softmax"
+    assert grad_fn_class(F.log_softmax(x, dim=1)).__name__ == "LogSoftmax"
 
 
 def test_a_gpu_array_gets_the_cuda_fast_path(monkeypatch):

@@ -68,7 +68,7 @@ CASES = {
                 lambda r, n: [r.standard_normal((n, 4))]),
     "LocalResponseNorm": (lambda x: F.local_response_norm(x, 5, alpha=0.5, beta=0.75, k=2.0),
                           lambda r, n: [r.standard_normal((n, 7, 3, 4))]),
-    "BatchNorm": (lambda x, w, b: F.batch_norm_relu(x, None, None, w, b, training=True),
+    "BatchNorm": (lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
                   lambda r, n: [r.standard_normal((n + 1, 3, 2, 3)), positive(r, 3),
                                 r.standard_normal(3)]),
     "MaxPool2d": (lambda x: F.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True),

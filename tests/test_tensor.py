@@ -47,6 +47,32 @@ def test_mixing_float32_and_float64_is_an_error_not_an_upcast():
     b = tg.tensor(np.ones(2, dtype=np.float64))
     with pytest.raises(TypeError, match="float32 and float64"):
         a + b
+    with pytest.raises(TypeError, match="float32 and float64"):
+        a * np.ones(2)                                   # a float64 array, not a Tensor
+
+
+def test_as_tensor_takes_the_dtype_and_device_of_like():
+    x32 = tg.tensor(np.ones(2, dtype=np.float32))
+    assert tg.as_tensor(x32) is x32
+    assert tg.as_tensor(2, like=x32).dtype == np.float32
+    assert tg.as_tensor([1, 2], like=tg.tensor(np.ones(2))).dtype == np.float64
+    np.testing.assert_array_equal(tg.as_tensor([1, 2], like=x32).numpy(), [1, 2])
+    assert tg.as_tensor([1.5, 2]).dtype == np.float32                 # no like: tensor()'s rule
+    with pytest.raises(TypeError, match="float32 and float64"):
+        tg.as_tensor(np.ones(2), like=x32)
+    with pytest.raises(ValueError, match="the other operand is ragged"):
+        tg.as_tensor([[1, 2], [3]], like=x32)
+
+
+def test_mul_and_div_keep_only_what_their_backward_needs(rng):
+    """d(ab)/da = b, d(a/b)/da = 1/b: with one input needing a gradient, the other's value
+    is all that is kept (a graph holds saved arrays until its backward pass)."""
+    a, c = t64(rng, 3), tg.tensor(rng.uniform(1, 2, 3))           # c needs no gradient
+    assert (a * c)._ctx.a is None and (a * c)._ctx.b is not None
+    assert (a / c)._ctx.a is None and (a / c)._ctx.b is not None
+    assert (c / a)._ctx.a is not None and (c / a)._ctx.b is not None   # -c/a^2 needs both
+    with tg.no_grad():
+        assert (a / c)._ctx is None
 
 
 @pytest.mark.parametrize("data, error, words", [
@@ -199,6 +225,29 @@ def test_no_grad_builds_no_graph(rng):
     with tg.no_grad():
         y = x * 2 + 1
     assert not y.requires_grad and y.is_leaf
+    assert tg.is_grad_enabled()
+
+
+def test_grad_mode_is_restored_when_the_block_raises(rng):
+    """no_grad and enable_grad put the previous mode back however their block ends."""
+    x = t64(rng, 3)
+    with pytest.raises(ValueError, match="inside"):
+        with tg.no_grad():
+            raise ValueError("inside no_grad")
+    assert tg.is_grad_enabled() and (x * 2).requires_grad
+    with tg.no_grad():
+        with pytest.raises(ValueError, match="inside"):
+            with tg.enable_grad():
+                assert (x * 2).requires_grad
+                raise ValueError("inside enable_grad")
+        assert not tg.is_grad_enabled() and not (x * 2).requires_grad
+    assert tg.is_grad_enabled()
+
+    @tg.no_grad()
+    def failing_step():
+        raise ValueError("inside a no_grad function")
+    with pytest.raises(ValueError, match="inside"):
+        failing_step()
     assert tg.is_grad_enabled()
 
 

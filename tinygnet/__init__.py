@@ -5,6 +5,7 @@ forward and backward side by side. Start with ``tinygnet/tensor.py``.
 """
 from .backend import is_cuda_available, manual_seed
 from .tensor import Function, Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad, tensor
+from . import ops               # sets Tensor's operators (+, *, @, x[i], sum, ...)
 from .dispatch import use_fast
 from .gradcheck import gradcheck, GradcheckError
 from . import functional, nn, models

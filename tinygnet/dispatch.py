@@ -8,7 +8,7 @@ CPU's threads and workspaces, the GPU's CUDA kernels); it lives in
 pair::
 
     @register_fast(Conv2d, "cpu")
-    class Conv2dOnCPUThreads(Conv2d):
+    class Conv2dOneGemm(Conv2d):
         ...
 
 ``Function.apply`` asks ``implementation(Conv2d, arrays)`` before it runs an
@@ -19,7 +19,9 @@ the reference itself otherwise.
 ``use_fast(False)`` turns every fast path off (the reference runs everywhere,
 CPU and GPU); as a context manager it restores the previous setting on exit.
 ``use_fast()`` returns the current setting. The environment variable
-``TINYGNET_FAST=0`` turns them off at start-up.
+``TINYGNET_FAST=0`` turns them off at start-up. Code that must follow the
+switch registers with ``on_switch`` (the CPU threads give BLAS its own
+threads back while the fast paths are off).
 """
 from __future__ import annotations
 
@@ -30,11 +32,12 @@ import numpy as np
 
 from .backend import get_array_module
 
-__all__ = ["register_fast", "implementation", "use_fast", "fast_paths", "DEVICES"]
+__all__ = ["register_fast", "implementation", "use_fast", "fast_paths", "on_switch", "DEVICES"]
 
 DEVICES = ("cpu", "cuda")
 
 _fast = {}                    # (reference Function class, device) -> fast Function class
+_listeners = []               # called with the new setting whenever use_fast changes it
 
 
 def _enabled_at_start_up() -> bool:
@@ -73,6 +76,20 @@ def implementation(reference, arrays):
     return _fast.get((reference, device), reference)
 
 
+def on_switch(listener):
+    """Call ``listener(enabled)`` each time ``use_fast`` turns the fast paths on or off."""
+    _listeners.append(listener)
+    return listener
+
+
+def _set(enabled: bool) -> None:
+    global _enabled
+    changed, _enabled = enabled != _enabled, enabled
+    if changed:
+        for listener in _listeners:
+            listener(enabled)
+
+
 def fast_paths() -> list:
     """Every registered fast path, as (reference, device, fast) triples."""
     return [(reference, device, fast) for (reference, device), fast in _fast.items()]
@@ -89,8 +106,7 @@ class _Setting:
         return self
 
     def __exit__(self, *exc_info):
-        global _enabled
-        _enabled = self.previous
+        _set(self.previous)
         return False
 
 
@@ -100,10 +116,10 @@ def use_fast(enabled=None):
     ``use_fast(False)`` sets the switch at once (for the whole process);
     ``with use_fast(False): ...`` also restores the previous setting on exit.
     """
-    global _enabled
     if enabled is None:
         return _enabled
     if not isinstance(enabled, (bool, np.bool_)):
         raise TypeError(f"use_fast: expected True or False, got {enabled!r}")
-    previous, _enabled = _enabled, bool(enabled)
+    previous = _enabled
+    _set(bool(enabled))
     return _Setting(previous)

@@ -324,6 +324,27 @@ def test_cpu_defaults_then_quick_then_flags():
     assert config.init == "he" and quick.init == "he"
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_weight_decay_reaches_conv_and_linear_weights_only(tmp_path, optimizer):
+    """One step on zero gradients moves only what weight decay acts on: every conv and linear
+    weight shrinks, and biases and batch-norm scales and shifts stay exactly as they were."""
+    from tinygnet.tensor import Tensor
+    trainer = quiet_trainer(tiny_config(tmp_path, optimizer=optimizer, weight_decay=0.1,
+                                        lr=0.01), tiny_data())
+    params = dict(trainer.model.named_parameters())
+    before = {name: p.numpy().copy() for name, p in params.items()}
+    for p in params.values():
+        p.grad = Tensor(np.zeros(p.shape, dtype=p.dtype))
+    trainer.optimizer.step()
+    decayed = [name for name, p in params.items() if p.ndim > 1]
+    kept = [name for name, p in params.items() if p.ndim <= 1]
+    assert any(".bn." in name for name in kept) and any(name.endswith(".bias") for name in kept)
+    for name in decayed:
+        assert np.abs(params[name].numpy()).sum() < np.abs(before[name]).sum(), name
+    for name in kept:
+        np.testing.assert_array_equal(params[name].numpy(), before[name], err_msg=name)
+
+
 def test_init_flag_reaches_the_model(tmp_path):
     config = cifar.resolve_config(parse("--device", "cpu", "--init", "xavier", "--no-batchnorm"))
     assert config.init == "xavier"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import tinygnet as tg
-from tinygnet.functional.norm import batch_norm, batch_norm_relu, local_response_norm
+from tinygnet.functional.norm import batch_norm, local_response_norm
 
 
 def t64(array, grad=True):
@@ -176,43 +176,3 @@ def test_batch_norm_bad_input():
         batch_norm(x, *stats, bias=tg.tensor(np.zeros(3)))
     with pytest.raises(ValueError, match="momentum must be in .* got 1.5"):
         batch_norm(x, *stats, training=True, momentum=1.5)
-
-
-# ------------------------------------------------------------ batch norm + ReLU
-@given(shape=st.tuples(st.integers(2, 4), st.integers(1, 4), st.integers(1, 3),
-                      st.integers(1, 3)),
-       training=st.booleans(), seed=st.integers(0, 100))
-def test_batch_norm_relu_equals_relu_of_batch_norm(shape, training, seed):
-    """The fused op against the two ops it replaces: values, running stats, all gradients."""
-    rng = np.random.default_rng(seed)
-    C = shape[1]
-    x, gy = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(shape)
-    w, b = rng.uniform(0.5, 2.0, C), rng.standard_normal(C)
-    results = []
-    for fused in (True, False):
-        xt, wt, bt = t64(x), t64(w), t64(b)
-        mean_run, var_run = t64(np.zeros(C), False), t64(np.ones(C), False)
-        if fused:
-            y = batch_norm_relu(xt, mean_run, var_run, wt, bt, training=training)
-        else:
-            y = tg.functional.relu(batch_norm(xt, mean_run, var_run, wt, bt, training=training))
-        y.backward(gy)
-        results.append([y.numpy(), mean_run.numpy(), var_run.numpy(),
-                        xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()])
-    for fused, plain in zip(*results):
-        np.testing.assert_allclose(fused, plain, rtol=1e-12, atol=1e-12)
-
-
-def test_batch_norm_relu_gradcheck(rng):
-    # Per channel, normalised values are +-1.22 and 0 (three values): with bias 0.3 and
-    # weight 1.5 the outputs are 2.1, -1.5 and 0.3, away from ReLU's kink at 0.
-    x = np.stack([rng.permutation([-1.0, 0.0, 1.0]) * s + m
-                  for s, m in ((1.0, 0.0), (2.0, 3.0))], axis=1).reshape(3, 2, 1, 1)
-    w, b = np.full(2, 1.5), np.full(2, 0.3)
-    stats = lambda: (t64(np.zeros(2), False), t64(np.ones(2), False))  # noqa: E731
-    assert tg.gradcheck(lambda x, w, b: batch_norm_relu(x, *stats(), w, b, training=True),
-                        [t64(x), t64(w), t64(b)])
-    y = batch_norm_relu(tg.tensor(x.astype(np.float32)), *stats(), training=True)
-    assert y.dtype == np.float32 and (y.numpy() >= 0).all()
-    with pytest.raises(ValueError, match=r"batch_norm_relu: .*2 or more dims"):
-        batch_norm_relu(tg.tensor(np.ones(3, dtype=np.float32)), None, None, training=True)

@@ -33,7 +33,8 @@ from tinygnet.functional.conv import Conv2d
 from tinygnet.functional.loss import CrossEntropy
 from tinygnet.functional.norm import BatchNorm, LocalResponseNorm
 from tinygnet.functional.pool import AvgPool2d, MaxPool2d, pool_output_size
-from tinygnet.kernels import cpu_conv, cpu_norm, cpu_pool, threads as cpu_threads, workspaces
+from tinygnet.kernels import (cpu_activation, cpu_conv, cpu_norm, cpu_pool,
+                              threads as cpu_threads, workspaces)
 
 # float64 agrees to rounding; float32 sums taken in another order to ~1e-6 relative,
 # more where batch norm's backward subtracts nearly equal terms: tolerances are
@@ -106,7 +107,7 @@ def batch_norm_inputs(draw):
     weight = rng.uniform(0.5, 2.0, C) if draw(st.booleans()) else None
     bias = rng.standard_normal(C) if draw(st.booleans()) else None
     options = dict(running_mean=rng.standard_normal(C), running_var=rng.uniform(0.5, 2.0, C),
-                   training=training, momentum=0.1, eps=1e-5, relu=draw(st.booleans()))
+                   training=training, momentum=0.1, eps=1e-5)
     return [x, weight, bias], options
 
 
@@ -195,6 +196,7 @@ def cpu_blocks(setting):
     saved = [(module, name, getattr(module, name))
              for module, name in [(cpu_conv, "MIN_BLOCK_ELEMENTS"), (cpu_pool, "MIN_BLOCK_ELEMENTS"),
                                   (cpu_norm, "MIN_BLOCK_ELEMENTS"),
+                                  (cpu_activation, "MIN_BLOCK_ELEMENTS"),
                                   (cpu_threads, "_MIN_CHUNK_FLOPS"),
                                   (workspaces, "LEND_BUDGET_BYTES")]]
     threads_before = cpu_threads.get_num_threads()
@@ -279,3 +281,19 @@ def test_googlenet_gradients_are_the_same_with_and_without_the_fast_paths(batchn
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-12)
     for fast_grad, reference_grad in zip(results[0][1:], results[1][1:]):
         np.testing.assert_allclose(fast_grad, reference_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("blocks", ["one", "many"])
+def test_cpu_relu_takes_strided_arrays(blocks, rng):
+    """In GoogLeNet a ReLU's gradient is a channel slice of cat's gradient (a strided view),
+    and its input may be one too: the fast ReLU must read them as they are."""
+    x = rng.integers(-3, 4, (4, 10, 3, 3)).astype(np.float32)[:, 2:7]   # zeros included
+    gy = rng.standard_normal((4, 12, 3, 3)).astype(np.float32)[:, 5:10]
+    results = []
+    for function_class in (cpu_activation.ReLUBlocks, ReLU):
+        fn = function_class()
+        fn.needs_input_grad = (True,)
+        with cpu_blocks(blocks):
+            results.append((fn.forward(x), fn.backward(gy)))
+    for fast, reference in zip(*results):
+        np.testing.assert_array_equal(fast, reference)

@@ -130,3 +130,30 @@ def test_tinygnet_threads_keep_blas_to_one_thread_and_give_it_back(threads):
     assert getter() == 1
     threads(1)
     assert getter() == 2
+
+
+def test_use_fast_false_gives_blas_its_threads_back(threads):
+    """The reference ops run their products on BLAS's own threads, as plain NumPy would:
+    turning the fast paths off restores BLAS's count, turning them on takes it to one again."""
+    import tinygnet
+    blas = threads_module._openblas()
+    if blas is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS tinygnet can find")
+    setter, getter = blas
+    threads(1)
+    setter(2)
+    threads(2)
+    threads_module.parallel_for(2, lambda a, b: None)        # tinygnet's threads start
+    assert getter() == 1
+    with tinygnet.use_fast(False):
+        assert getter() == 2
+        with tinygnet.use_fast(False):                        # no change, nothing to give back
+            assert getter() == 2
+        assert getter() == 2
+    assert getter() == 1
+    tinygnet.use_fast(False)
+    try:
+        assert getter() == 2
+    finally:
+        tinygnet.use_fast(True)
+    assert getter() == 1

@@ -4,7 +4,7 @@ import pytest
 
 import tinygnet
 import tinygnet.functional as F
-from tinygnet.models import (GoogLeNet, GoogLeNetLoss, GoogLeNetOutputs, Inception,
+from tinygnet.models import (ConvUnit, GoogLeNet, GoogLeNetLoss, GoogLeNetOutputs, Inception,
                              InceptionAux, googlenet_loss, scale_channels)
 
 # The paper's Table 1: (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) and output depth.
@@ -268,6 +268,84 @@ def test_inception_concatenates_branches_in_order():
     b4 = unit(block.branch4, F.max_pool2d(x, 3, stride=1, padding=1))
     np.testing.assert_allclose(y, np.concatenate([b.numpy() for b in (b1, b2, b3, b4)], axis=1),
                                rtol=1e-12)
+
+
+def conv_by_hand(x, weight, bias, padding):
+    """Cross-correlation with zero padding, stride 1, one kernel offset at a time (NumPy)."""
+    O, _, KH, KW = weight.shape
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    OH, OW = x.shape[2] - KH + 1, x.shape[3] - KW + 1
+    y = np.zeros((x.shape[0], O, OH, OW))
+    for kh in range(KH):
+        for kw in range(KW):
+            y += np.einsum("nchw,oc->nohw", x[:, :, kh:kh + OH, kw:kw + OW], weight[:, :, kh, kw])
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
+def randomise(module, rng):
+    """Every parameter drawn at random (both signs), batch-norm scales kept positive."""
+    for name, p in module.named_parameters():
+        p.data[...] = (rng.uniform(0.5, 2.0, p.shape) if name.endswith("bn.weight")
+                       else rng.standard_normal(p.shape))
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_conv_unit_is_relu_of_batch_norm_of_conv_in_train_and_eval(batchnorm):
+    """ConvUnit = conv -> (batch norm) -> ReLU, checked against NumPy in both modes: training
+    normalises with the batch's statistics and updates the running ones, evaluation uses
+    the running ones and leaves them alone."""
+    rng = np.random.default_rng(0)
+    unit = ConvUnit(3, 4, 3, padding=1, batchnorm=batchnorm).to(dtype=np.float64)
+    randomise(unit, rng)
+    x = rng.standard_normal((5, 3, 6, 6))
+    z = conv_by_hand(x, unit.weight.numpy(), None if batchnorm else unit.bias.numpy(), 1)
+    if not batchnorm:
+        for train in (True, False):
+            unit.train(train)
+            np.testing.assert_allclose(unit(tinygnet.tensor(x)).numpy(), np.maximum(z, 0),
+                                       rtol=1e-10, atol=1e-12)
+        return
+    bn = unit.bn
+    bn.running_mean.data[...] = rng.standard_normal(4)
+    bn.running_var.data[...] = rng.uniform(0.5, 2.0, 4)
+    w, b = bn.weight.numpy().reshape(1, 4, 1, 1), bn.bias.numpy().reshape(1, 4, 1, 1)
+    mean_before, var_before = bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()
+
+    unit.train()
+    y = unit(tinygnet.tensor(x)).numpy()
+    mean, var = z.mean(axis=(0, 2, 3)), z.var(axis=(0, 2, 3))
+    z_hat = (z - mean.reshape(1, 4, 1, 1)) / np.sqrt(var.reshape(1, 4, 1, 1) + bn.eps)
+    np.testing.assert_allclose(y, np.maximum(z_hat * w + b, 0), rtol=1e-10, atol=1e-12)
+    assert 0.2 < (y == 0).mean() < 0.8                      # the ReLU had work to do
+    m = 5 * 6 * 6
+    np.testing.assert_allclose(bn.running_mean.numpy(), 0.9 * mean_before + 0.1 * mean, rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var.numpy(), 0.9 * var_before + 0.1 * var * m / (m - 1),
+                               rtol=1e-12)
+
+    unit.eval()
+    mean_run, var_run = bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()
+    y = unit(tinygnet.tensor(x)).numpy()
+    z_hat = (z - mean_run.reshape(1, 4, 1, 1)) / np.sqrt(var_run.reshape(1, 4, 1, 1) + bn.eps)
+    np.testing.assert_allclose(y, np.maximum(z_hat * w + b, 0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(bn.running_mean.numpy(), mean_run)
+    np.testing.assert_array_equal(bn.running_var.numpy(), var_run)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_inception_aux_head_against_numpy(train):
+    """pool 5x5/3 -> 1x1 conv + ReLU -> flatten -> fc1 + ReLU -> (dropout) -> fc2, by hand."""
+    rng = np.random.default_rng(1)
+    head = InceptionAux(6, num_classes=5, conv_channels=4, fc_channels=7, dropout=0.0)
+    head = head.to(dtype=np.float64).train(train)
+    randomise(head, rng)
+    x = rng.standard_normal((3, 6, 14, 14))
+    pooled = np.stack([np.stack([x[:, :, 3 * i:3 * i + 5, 3 * j:3 * j + 5].mean(axis=(2, 3))
+                                 for j in range(4)], axis=-1) for i in range(4)], axis=-2)
+    h = np.maximum(conv_by_hand(pooled, head.conv.weight.numpy(), head.conv.bias.numpy(), 0), 0)
+    a = h.reshape(3, -1) @ head.fc1.weight.numpy().T + head.fc1.bias.numpy()
+    assert 0.2 < (a < 0).mean() < 0.8                       # fc1's ReLU changes the result
+    expected = np.maximum(a, 0) @ head.fc2.weight.numpy().T + head.fc2.bias.numpy()
+    np.testing.assert_allclose(head(tinygnet.tensor(x)).numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_inception_aux_head_shapes():

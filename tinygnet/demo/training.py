@@ -15,8 +15,8 @@ eval mode, where GoogLeNet returns the main logits only (the aux heads exist
 to train), optionally averaging each test image's logits over several views
 of it; ``evaluate_heads`` also asks the two aux heads (``model.heads``, still
 in eval mode, on the image alone) how well the features at inception4a and
-inception4d classify. The rest of a CIFAR run (checkpoints, Ctrl-C, progress bar, plots)
-lives in ``run.py`` and its command line in ``cifar.py``; the gradient-flow
+inception4d classify. The rest of a CIFAR run (model and optimiser,
+checkpoints, Ctrl-C, progress bar, plots) lives in ``run.py`` and its command line in ``cifar.py``; the gradient-flow
 experiment (``gradflow.py``) trains with the same step and tests with the
 same ``evaluate``. This module is the loop itself.
 """

@@ -8,7 +8,7 @@ from .activation import dropout, log_softmax, relu, softmax
 from .conv import conv2d
 from .linear import linear
 from .loss import cross_entropy, nll_loss
-from .norm import batch_norm, batch_norm_relu, local_response_norm
+from .norm import batch_norm, local_response_norm
 from .pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .shape import cat, flatten
 
@@ -17,7 +17,7 @@ __all__ = [
     "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
     "linear",
     "relu", "dropout", "softmax", "log_softmax",
-    "local_response_norm", "batch_norm", "batch_norm_relu",
+    "local_response_norm", "batch_norm",
     "cat", "flatten",
     "cross_entropy", "nll_loss",
 ]

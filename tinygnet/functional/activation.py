@@ -9,7 +9,7 @@ import numbers
 
 from ..backend import generator_for, get_array_module
 from ..tensor import Function
-from ._checks import check_float
+from .checks import check_float
 
 __all__ = ["relu", "dropout", "softmax", "log_softmax"]
 

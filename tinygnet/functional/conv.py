@@ -35,14 +35,20 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ..tensor import Function
-from ._checks import check_float, check_ndim, pair
+from .checks import check_float, check_ndim, pair
 
-__all__ = ["Conv2d", "conv2d", "conv_output_size", "im2col", "col2im"]
+__all__ = ["Conv2d", "conv2d", "conv_output_size", "is_pointwise", "im2col", "col2im"]
 
 
 def conv_output_size(size, kernel, stride, padding):
     """OH from H (or OW from W)."""
     return (size + 2 * padding - kernel) // stride + 1
+
+
+def is_pointwise(KH, KW, SH, SW, PH, PW):
+    """A 1x1 kernel, stride 1, no padding: im2col's cols is x itself, and the conv is a
+    matrix product over the channels at every pixel (the fast paths skip im2col then)."""
+    return (KH, KW, SH, SW, PH, PW) == (1, 1, 1, 1, 0, 0)
 
 
 def im2col(x, KH, KW, SH, SW, PH, PW):

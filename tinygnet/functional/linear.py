@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..tensor import Function
-from ._checks import check_float
+from .checks import check_float
 
 __all__ = ["linear"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ..tensor import Function, Tensor
-from ._checks import check_float
+from .checks import check_float
 
 __all__ = ["cross_entropy", "nll_loss"]
 

@@ -10,9 +10,9 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..tensor import Function, Tensor
-from ._checks import check_float
+from .checks import check_float
 
-__all__ = ["local_response_norm", "batch_norm", "batch_norm_relu"]
+__all__ = ["local_response_norm", "batch_norm", "per_channel"]
 
 
 # --------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
 # --------------------------------------------------------------------------
 # Batch normalisation
 # --------------------------------------------------------------------------
-def _per_channel(c_array, ndim):
+def per_channel(c_array, ndim):
     """A (C,) array shaped to broadcast against (N, C) or (N, C, H, W)."""
     return c_array.reshape((1, -1) + (1,) * (ndim - 2))
 
@@ -103,21 +103,16 @@ class BatchNorm(Function):
 
     In training the batch's mean and var depend on x too: the two subtracted
     terms are their share of the gradient.
-
-    ``relu=True`` is ``relu(batch_norm(x))`` as one op (GoogLeNet puts a ReLU
-    after every batch norm): backward first sends gy through the ReLU
-    (zero where y = 0), then through batch norm.
     """
 
-    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps,
-                relu=False):
+    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
         xp = get_array_module(x)
         C = x.shape[1]
         axes = (0,) + tuple(range(2, x.ndim))                # every axis but the channels
         m = x.size // C
         if training:
             mean = x.mean(axis=axes)                         # C
-            var = ((x - _per_channel(mean, x.ndim)) ** 2).mean(axis=axes)
+            var = ((x - per_channel(mean, x.ndim)) ** 2).mean(axis=axes)
             if running_mean is not None:                     # updated in place
                 running_mean *= 1 - momentum
                 running_mean += momentum * mean.astype(running_mean.dtype)
@@ -128,26 +123,21 @@ class BatchNorm(Function):
             mean = running_mean.astype(x.dtype)
             var = running_var.astype(x.dtype)
         inv_std = 1.0 / xp.sqrt(var + eps)                   # C
-        x_hat = (x - _per_channel(mean, x.ndim)) * _per_channel(inv_std, x.ndim)
+        x_hat = (x - per_channel(mean, x.ndim)) * per_channel(inv_std, x.ndim)
         y = x_hat
         if weight is not None:
-            y = y * _per_channel(weight, x.ndim)
+            y = y * per_channel(weight, x.ndim)
         if bias is not None:
-            y = y + _per_channel(bias, x.ndim)
-        if relu:
-            y = xp.maximum(y, 0)
+            y = y + per_channel(bias, x.ndim)
         if any(self.needs_input_grad):
             self.x_hat, self.inv_std, self.weight = x_hat, inv_std, weight
             self.training = training
-            self.y = y if relu else None                     # the ReLU's backward needs y > 0
         return y
 
     def backward(self, gy):
         need_gx, need_gW, need_gb = self.needs_input_grad[:3]
         ndim = gy.ndim
         axes = (0,) + tuple(range(2, ndim))
-        if self.y is not None:
-            gy = gy * (self.y > 0)                           # through the ReLU first
         gb = gy.sum(axis=axes) if need_gb else None
         gW = (gy * self.x_hat).sum(axis=axes) if need_gW else None
         gx = None
@@ -156,10 +146,10 @@ class BatchNorm(Function):
             if self.training:
                 mean_gy = gy.mean(axis=axes)
                 mean_gy_x_hat = (gy * self.x_hat).mean(axis=axes)
-                gx = (gy - _per_channel(mean_gy, ndim)
-                      - self.x_hat * _per_channel(mean_gy_x_hat, ndim)) * _per_channel(scale, ndim)
+                gx = (gy - per_channel(mean_gy, ndim)
+                      - self.x_hat * per_channel(mean_gy_x_hat, ndim)) * per_channel(scale, ndim)
             else:
-                gx = gy * _per_channel(scale, ndim)
+                gx = gy * per_channel(scale, ndim)
         return gx, gW, gb
 
 
@@ -175,50 +165,33 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         weight, bias: (C,) Tensors or None (the affine gamma and beta).
         training: use (and update with) the batch statistics.
     """
-    return _batch_norm("batch_norm", x, running_mean, running_var, weight, bias, training,
-                       momentum, eps, relu=False)
-
-
-def batch_norm_relu(x, running_mean, running_var, weight=None, bias=None, training=False,
-                    momentum=0.1, eps=1e-5):
-    """``relu(batch_norm(...))`` as one op, with the same arguments and result as that pair.
-
-    GoogLeNet's conv units use it: as one op, a fast path can take the ReLU in
-    place on batch norm's output and fold the two backward passes into one."""
-    return _batch_norm("batch_norm_relu", x, running_mean, running_var, weight, bias, training,
-                       momentum, eps, relu=True)
-
-
-def _batch_norm(op, x, running_mean, running_var, weight, bias, training, momentum, eps, relu):
-    """Check the arguments of batch_norm (or batch_norm_relu) and apply the op."""
     if x.ndim < 2:
-        raise ValueError(f"{op}: expected an input of 2 or more dims (N, C, ...), "
+        raise ValueError(f"batch_norm: expected an input of 2 or more dims (N, C, ...), "
                          f"got shape {tuple(x.shape)}")
-    check_float(x, op)
+    check_float(x, "batch_norm")
     C = x.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         if t is None:
             continue
         if tuple(t.shape) != (C,):
-            raise ValueError(f"{op}: {name} must have shape ({C},) for an input of shape "
+            raise ValueError(f"batch_norm: {name} must have shape ({C},) for an input of shape "
                              f"{tuple(x.shape)}, got {tuple(t.shape)}")
-        check_float(t, op, name)
+        check_float(t, "batch_norm", name)
         if name in ("weight", "bias") and t.dtype != x.dtype:
-            raise TypeError(f"{op}: {name} is {t.dtype} but the input is {x.dtype}; "
+            raise TypeError(f"batch_norm: {name} is {t.dtype} but the input is {x.dtype}; "
                             f"convert one with .to(dtype=...)")
     if not training and (running_mean is None or running_var is None):
-        raise ValueError(f"{op}: evaluation mode (training=False) needs running_mean and "
-                         f"running_var")
+        raise ValueError("batch_norm: evaluation mode (training=False) needs running_mean and "
+                         "running_var")
     if training and x.size // max(C, 1) < 2:
-        raise ValueError(f"{op}: training needs more than one value per channel, got an "
+        raise ValueError(f"batch_norm: training needs more than one value per channel, got an "
                          f"input of shape {tuple(x.shape)}")
     if not 0 <= momentum <= 1:
-        raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum!r}")
+        raise ValueError(f"batch_norm: momentum must be in [0, 1], got {momentum!r}")
     return BatchNorm.apply(x, weight, bias,
                            running_mean=_data(running_mean), running_var=_data(running_var),
-                           training=bool(training), momentum=float(momentum), eps=float(eps),
-                           relu=relu)
+                           training=bool(training), momentum=float(momentum), eps=float(eps))
 
 
 def _data(t):

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..tensor import Function
-from ._checks import check_float, check_ndim, pair
+from .checks import check_float, check_ndim, pair
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "max_pool2d", "avg_pool2d",
            "adaptive_avg_pool2d", "pool_output_size"]

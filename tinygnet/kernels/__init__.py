@@ -13,6 +13,7 @@ conv.Conv2d            cpu     cpu_conv.Conv2dOneGemm
 pool.MaxPool2d         cpu     cpu_pool.MaxPool2dFlatPasses
 pool.AvgPool2d         cpu     cpu_pool.AvgPool2dFlatPasses
 norm.BatchNorm         cpu     cpu_norm.BatchNormChunked
+activation.ReLU        cpu     cpu_activation.ReLUBlocks
 conv.Conv2d            cuda    cuda.Conv2dCudaIm2col
 pool.MaxPool2d         cuda    cuda.MaxPool2dCuda
 norm.LocalResponseNorm cuda    cuda.LocalResponseNormCuda
@@ -21,11 +22,11 @@ loss.CrossEntropy      cuda    cuda.CrossEntropyCuda
 =====================  ======  ==========================================
 
 The machinery the CPU paths share: ``threads`` (blocks of work on tinygnet's
-CPU threads, BLAS kept to one thread) and ``workspaces`` (scratch arrays
-reused from call to call). The CUDA C sources and their launchers are in
+CPU threads, BLAS kept to one thread while the fast paths are on) and
+``workspaces`` (scratch arrays reused from call to call). The CUDA C sources and their launchers are in
 ``cuda_kernels``.
 """
-from . import cpu_conv, cpu_norm, cpu_pool, cuda   # importing them registers the fast paths
+from . import cpu_activation, cpu_conv, cpu_norm, cpu_pool, cuda   # importing them registers the fast paths
 from .threads import get_num_threads, set_num_threads
 
 __all__ = ["get_num_threads", "set_num_threads"]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dispatch import register_fast
-from ..functional.conv import Conv2d
+from ..functional.conv import Conv2d, conv_output_size, is_pointwise
 from .threads import parallel_for, parallel_matmul
 from .workspaces import lend, workspace
 
@@ -107,11 +107,6 @@ def _swap_leading_axes(a, out=None):
     return out
 
 
-def _is_pointwise(KH, KW, SH, SW, PH, PW):
-    """A 1x1 kernel, stride 1, no padding: cols is x itself."""
-    return (KH, KW, SH, SW, PH, PW) == (1, 1, 1, 1, 0, 0)
-
-
 @register_fast(Conv2d, "cpu")
 class Conv2dOneGemm(Conv2d):
     """Replaces functional.conv.Conv2d on the CPU: one GEMM a batch, threads, columns reused/kept."""
@@ -120,11 +115,10 @@ class Conv2dOneGemm(Conv2d):
         N, C, H, W_in = x.shape
         O, _, KH, KW = W.shape
         (SH, SW), (PH, PW) = stride, padding
-        OH = (H + 2 * PH - KH) // SH + 1
-        OW = (W_in + 2 * PW - KW) // SW + 1
+        OH, OW = conv_output_size(H, KH, SH, PH), conv_output_size(W_in, KW, SW, PW)
         need_gx, need_gW = self.needs_input_grad[:2]
         self.cols = self.cols_loan = None   # cols kept for gW, when memory is lent for them
-        if _is_pointwise(KH, KW, SH, SW, PH, PW):
+        if is_pointwise(KH, KW, SH, SW, PH, PW):
             y = parallel_matmul(W.reshape(O, C), x.reshape(N, C, H * W_in))  # N, O, H*W
         else:
             loan = lend((C, KH, KW, N, OH, OW), x.dtype) if need_gW else None
@@ -148,7 +142,7 @@ class Conv2dOneGemm(Conv2d):
         gy = gy.reshape(N, O, OH * OW)
         need_gx, need_gW, need_gb = self.needs_input_grad
         gx = gW = gb = None
-        if _is_pointwise(KH, KW, SH, SW, PH, PW):
+        if is_pointwise(KH, KW, SH, SW, PH, PW):
             C = self.x_shape[1]
             if need_gW:   # sum over n of gy[n] (O, H*W) @ x[n].T (H*W, C)
                 x = self.x.reshape(N, C, OH * OW)

@@ -8,17 +8,19 @@ function with:
   cut into blocks that tinygnet's CPU threads run at once
   (``threads.parallel_for``);
 * **Fewer passes over memory**: the per-channel sums are ``einsum``
-  reductions (one pass, no product array), and the outputs are written in
-  place (``out=``) into arrays allocated once;
-* **The fused ReLU in place**: with ``relu=True`` (``batch_norm_relu``) the
-  ReLU overwrites batch norm's own output, one array instead of two.
+  reductions (one pass, no product array), and each output array is
+  allocated once per call, up front, then filled block by block in place
+  (``out=``).
+
+The ReLU that follows every batch norm in GoogLeNet is not part of this op:
+it is its own op, with its own fast path (``cpu_activation.py``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..dispatch import register_fast
-from ..functional.norm import BatchNorm
+from ..functional.norm import BatchNorm, per_channel
 from .threads import parallel_for
 
 __all__ = ["BatchNormChunked"]
@@ -28,11 +30,6 @@ __all__ = ["BatchNormChunked"]
 # hand-off to a thread pays only on big inputs (tuned on GoogLeNet's training
 # step; docs/performance.md).
 MIN_BLOCK_ELEMENTS = 1 << 22
-
-
-def _per_channel(c_array, ndim):
-    """A (C,) array shaped to broadcast against (N, C) or (N, C, H, W)."""
-    return c_array.reshape((1, -1) + (1,) * (ndim - 2))
 
 
 def _channel_sum(a, b=None):
@@ -57,65 +54,59 @@ class BatchNormChunked(BatchNorm):
         gb = sum(gy)            gW = sum(gy * xc) * inv_std
         gx = weight * inv_std * (gy - gb/m - xc * inv_std^2 * sum(gy * xc)/m)
 
-    Sums are ``einsum`` reductions (one pass, no product array), every other
-    array is written in place (``out=``), and with ``relu=True`` the ReLU is
-    taken in place on batch norm's own output.
+    Sums are ``einsum`` reductions (one pass, no product array), and every
+    other array is written in place (``out=``). xc is not kept: backward
+    rebuilds it from x, which the graph keeps anyway as this op's input, so
+    a batch norm holds no array as large as x beyond its input and output.
     """
 
-    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps,
-                relu=False):
+    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
         C = x.shape[1]
         m = x.size // C
-        needs_grad = any(self.needs_input_grad)
         y = np.empty_like(x)
-        # xc = x - mean is kept for backward; without a graph it is built in y.
-        xc = (np.empty_like(x) if needs_grad else y) if training else None
+        mean = np.empty(C, dtype=x.dtype)       # the mean subtracted: the batch's or the running one
         inv_std = np.empty(C, dtype=x.dtype)
         scale = np.empty(C, dtype=x.dtype)
 
         def normalise(c0, c1):     # channels c0..c1
             xs, ys = x[:, c0:c1], y[:, c0:c1]
             if training:
-                mean = _channel_sum(xs) / m
-                xcs = xc[:, c0:c1]
-                np.subtract(xs, _per_channel(mean, x.ndim), out=xcs)
-                var = _channel_sum(xcs, xcs) / m
+                mean[c0:c1] = _channel_sum(xs) / m
+                np.subtract(xs, per_channel(mean[c0:c1], x.ndim), out=ys)     # xc, built in y
+                var = _channel_sum(ys, ys) / m
                 if running_mean is not None:
                     r = running_mean[c0:c1]
                     r *= 1 - momentum
-                    r += momentum * mean.astype(r.dtype, copy=False)
+                    r += momentum * mean[c0:c1].astype(r.dtype, copy=False)
                 if running_var is not None:
                     r = running_var[c0:c1]
                     r *= 1 - momentum
                     r += (momentum * m / (m - 1)) * var.astype(r.dtype, copy=False)
             else:
-                mean = running_mean[c0:c1].astype(x.dtype, copy=False)
+                mean[c0:c1] = running_mean[c0:c1].astype(x.dtype, copy=False)
                 var = running_var[c0:c1].astype(x.dtype, copy=False)
             inv_std[c0:c1] = 1.0 / np.sqrt(var + eps)
             scale[c0:c1] = inv_std[c0:c1] if weight is None else weight[c0:c1] * inv_std[c0:c1]
-            sc = _per_channel(scale[c0:c1], x.ndim)
+            sc = per_channel(scale[c0:c1], x.ndim)
             if training:                      # y = xc * scale + bias
-                np.multiply(xcs, sc, out=ys)
+                ys *= sc
                 if bias is not None:
-                    ys += _per_channel(bias[c0:c1], x.ndim)
+                    ys += per_channel(bias[c0:c1], x.ndim)
             else:                             # y = x * scale + (bias - mean * scale)
-                shift = -mean * scale[c0:c1]
+                shift = -mean[c0:c1] * scale[c0:c1]
                 if bias is not None:
                     shift += bias[c0:c1]
                 np.multiply(xs, sc, out=ys)
-                ys += _per_channel(shift, x.ndim)
-            if relu:
-                np.maximum(ys, 0, out=ys)     # y is ours: ReLU in place
+                ys += per_channel(shift, x.ndim)
 
         parallel_for(C, normalise, min_chunk=MIN_BLOCK_ELEMENTS // m + 1)
-        if needs_grad:
+        if any(self.needs_input_grad):
             self.training, self.m, self.ndim = training, m, x.ndim
-            self.inv_std, self.scale = inv_std, scale
-            self.y = y if relu else None      # ReLU's backward needs only y > 0
-            if training:
-                self.xc = xc
-            elif self.needs_input_grad[1]:                         # gW needs x_hat
-                self.xc = x - _per_channel(running_mean.astype(x.dtype, copy=False), x.ndim)
+            self.mean, self.inv_std, self.scale = mean, inv_std, scale
+            # Backward rebuilds xc = x - mean from x (which the graph keeps anyway, as
+            # this op's input) rather than keeping an xc as large as x.
+            needs_xc = self.needs_input_grad[1] or (training and self.needs_input_grad[0])
+            self.x = x if needs_xc else None
         return y
 
     def backward(self, gy):
@@ -126,32 +117,31 @@ class BatchNormChunked(BatchNorm):
         gW = np.empty(C, dtype=gy.dtype) if need_gW else None
         gx = np.empty_like(gy) if need_gx else None
 
-        def per_channel(c_array):
-            return _per_channel(c_array, self.ndim)
+        def shaped(c_array):          # (C,) -> broadcastable against gy
+            return per_channel(c_array, self.ndim)
 
         def backward_channels(c0, c1):
             g = gy[:, c0:c1]
-            if self.y is not None:
-                g = g * (self.y[:, c0:c1] > 0)   # through the fused ReLU first
             if gb is not None:
                 gb[c0:c1] = _channel_sum(g)
-            gxc = (_channel_sum(g, self.xc[:, c0:c1])
-                   if (need_gW or need_sums) else None)             # sum(gy * xc)
+            if need_gW or need_sums:          # xc = x - mean, rebuilt in gx's block if it has one
+                xc = gx[:, c0:c1] if need_gx else np.empty(g.shape, dtype=gy.dtype)
+                np.subtract(self.x[:, c0:c1], shaped(self.mean[c0:c1]), out=xc)
+                gxc = _channel_sum(g, xc)                                 # sum(gy * xc)
             if need_gW:
                 gW[c0:c1] = gxc * self.inv_std[c0:c1]
             if not need_gx:
                 return
             gxs, scale = gx[:, c0:c1], self.scale[c0:c1]
             if self.training:
-                # gx = scale * (gy - gb/m - xc * inv_std^2 * gxc/m), built in one buffer
+                # gx = scale * (gy - gb/m - xc * inv_std^2 * gxc/m), built in one buffer (xc's)
                 inv_std = self.inv_std[c0:c1]
-                np.multiply(self.xc[:, c0:c1], per_channel(-inv_std * inv_std * gxc / self.m),
-                            out=gxs)
+                gxs *= shaped(-inv_std * inv_std * gxc / self.m)
                 gxs += g
-                gxs += per_channel(-gb[c0:c1] / self.m)
-                gxs *= per_channel(scale)
+                gxs += shaped(-gb[c0:c1] / self.m)
+                gxs *= shaped(scale)
             else:
-                np.multiply(g, per_channel(scale), out=gxs)
+                np.multiply(g, shaped(scale), out=gxs)
 
         parallel_for(C, backward_channels, min_chunk=MIN_BLOCK_ELEMENTS // self.m + 1)
         return gx, gW, (gb if need_gb else None)

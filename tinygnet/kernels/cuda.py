@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..backend import get_array_module
 from ..dispatch import register_fast
 from ..functional.activation import ReLU
-from ..functional.conv import Conv2d, conv_output_size
+from ..functional.conv import Conv2d, conv_output_size, is_pointwise
 from ..functional.loss import CrossEntropy
 from ..functional.norm import LocalResponseNorm
 from ..functional.pool import MaxPool2d, pool_output_size
@@ -22,11 +22,6 @@ from . import cuda_kernels as kernels
 
 __all__ = ["Conv2dCudaIm2col", "MaxPool2dCuda", "LocalResponseNormCuda", "ReLUCuda",
            "CrossEntropyCuda"]
-
-
-def _is_pointwise(KH, KW, SH, SW, PH, PW):
-    """A 1x1 kernel, stride 1, no padding: cols is x itself."""
-    return (KH, KW, SH, SW, PH, PW) == (1, 1, 1, 1, 0, 0)
 
 
 @register_fast(Conv2d, "cuda")
@@ -57,7 +52,7 @@ class Conv2dCudaIm2col(Conv2d):
 
     @staticmethod
     def _im2col(x, KH, KW, SH, SW, PH, PW, OH, OW):
-        if _is_pointwise(KH, KW, SH, SW, PH, PW):
+        if is_pointwise(KH, KW, SH, SW, PH, PW):
             N, C, H, W = x.shape
             return x.reshape(N, C, H * W)
         return kernels.im2col(x, KH, KW, SH, SW, PH, PW, OH, OW)      # N, C*KH*KW, OH*OW
@@ -76,7 +71,7 @@ class Conv2dCudaIm2col(Conv2d):
             gb = gy.sum(axis=(0, 2))
         if need_gx:
             gcols = xp.matmul(self.W.reshape(O, -1).T, gy)                  # N, C*KH*KW, OH*OW
-            if _is_pointwise(KH, KW, SH, SW, PH, PW):
+            if is_pointwise(KH, KW, SH, SW, PH, PW):
                 gx = gcols.reshape(self.x_shape)
             else:
                 gx = kernels.col2im(gcols, self.x_shape, *self.geometry)

@@ -9,8 +9,11 @@ cores. ``parallel_matmul`` cuts a matrix product into blocks the same way.
 
 BLAS's own threads would then get in the way (they spin for a while after
 each product, on the cores the blocks need), so once tinygnet starts its
-threads it asks NumPy's OpenBLAS, where it finds it, for one thread;
-``set_num_threads(1)`` gives BLAS its threads back. ``set_num_threads(n)``
+threads it asks NumPy's OpenBLAS, where it finds it, for one thread.
+``set_num_threads(1)`` gives BLAS its threads back, and so does
+``use_fast(False)``: the reference ops run their products on BLAS's own
+threads, as plain NumPy code would (turning the fast paths back on takes
+BLAS down to one thread again). ``set_num_threads(n)``
 sets how many, as ``torch.set_num_threads`` does; the default is every core
 this process may run on.
 
@@ -26,6 +29,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
+
+from .. import dispatch
 
 __all__ = ["get_num_threads", "set_num_threads", "parallel_for", "parallel_matmul"]
 
@@ -97,6 +102,15 @@ def _give_blas_its_threads_back():
     if _blas and _blas_threads_before is not None:
         _blas[0](_blas_threads_before)
         _blas_threads_before = None
+
+
+@dispatch.on_switch
+def _follow_the_fast_switch(enabled: bool) -> None:
+    """Fast paths off: BLAS gets its threads back. On again: one thread, if ours are running."""
+    if not enabled:
+        _give_blas_its_threads_back()
+    elif _executor is not None:
+        _blas_single_threaded()
 
 
 def parallel_for(total: int, body, min_chunk: int = 1) -> None:

@@ -74,10 +74,11 @@ def scale_channels(channels: int, width: float) -> int:
 
 
 class ConvUnit(nn.Conv2d):
-    """A conv followed by ReLU; with ``batchnorm=True``, conv (no bias) + BatchNorm2d + ReLU.
+    """A conv followed by ReLU; with ``batchnorm=True``, conv (no bias) -> BatchNorm2d -> ReLU.
 
     It *is* the Conv2d (so its weight is ``<name>.weight``) with an optional
-    ``bn`` child (``<name>.bn.weight``, ``<name>.bn.running_mean``, ...).
+    ``bn`` child (``<name>.bn.weight``, ``<name>.bn.running_mean``, ...), as
+    torchvision's ``BasicConv2d`` (whose conv is a child ``conv`` instead).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -87,14 +88,10 @@ class ConvUnit(nn.Conv2d):
         self.bn = nn.BatchNorm2d(out_channels) if batchnorm else None
 
     def forward(self, x):
-        x = super().forward(x)
-        if self.bn is None:
-            return F.relu(x)
-        # relu(bn(x)) as one op, batch_norm_relu: one output array instead of two, and
-        # ReLU's backward folded into batch norm's (same result, same bn.* parameters).
-        bn = self.bn
-        return F.batch_norm_relu(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                                 training=bn.training, momentum=bn.momentum, eps=bn.eps)
+        x = super().forward(x)          # the conv
+        if self.bn is not None:
+            x = self.bn(x)
+        return F.relu(x)
 
 
 class Inception(nn.Module):

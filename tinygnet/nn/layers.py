@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..functional._checks import pair
+from ..functional.checks import pair
 from ..tensor import Tensor
 from . import init
 from .module import Module, Parameter

@@ -1,4 +1,5 @@
-"""Argument checks shared by the functional ops: clear errors, not NumPy tracebacks."""
+"""Argument checks shared by the functional ops and the layers of ``tinygnet.nn``: clear errors,
+not NumPy tracebacks."""
 from __future__ import annotations
 
 
