@@ -430,3 +430,27 @@ def test_the_accuracy_panel_without_a_test_says_so_without_a_warning(tmp_path):
         warnings.simplefilter("error")
         gradflow_plots.plot_training(results, settings, tmp_path / "training.png")
     assert (tmp_path / "training.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("steps", 0, "steps 0, which must be"), ("lr", -0.1, "lr -0.1, which must be"),
+    ("width", 50.0, "width 50.0, which must be"), ("stem_stride", 3, "stem_stride 3, which must be"),
+    ("dropout", 1.5, "dropout 1.5, which must be"), ("seeds", "2", "seeds '2', which must be"),
+    ("init", ("he", "lecun"), "init ('he', 'lecun'), which must be one or more of"),
+    ("init", (), "init (), which must be one or more of")])
+def test_resume_checks_a_saved_configuration_as_the_command_line_does(tmp_path, capsys, field,
+                                                                       value, rule):
+    """An edited or damaged experiment file is refused in one line naming the value, never
+    trained on or turned into a traceback; its values go through the command line's rules."""
+    folder = tmp_path / "run"
+    gradflow_runs.save_runs(folder / "gradflow_runs.npz",
+                            config(out=str(folder), **{field: value}), {})
+    assert gradflow.main(["--resume", str(folder), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("python -m tinygnet.demo gradflow: error: cannot resume: ") and \
+        f"its saved configuration has {rule}" in err, err
+    assert err.count("\n") == 1
+    if not isinstance(value, (str, tuple)):     # the same value typed is refused by the same rule
+        flag = "--" + field.replace("_", "-")
+        with pytest.raises(SystemExit):
+            gradflow.build_parser().parse_args([flag, str(value)])

@@ -74,7 +74,7 @@ from ..checkpoint import CheckpointError
 from ..data import CIFAR10, DatasetError, resolve_data_root
 from ..models import INITS
 from .common import (TrainingDiverged, UsageError, claim_out_folder, default_out_folder,
-                     exit_status, hold_out_folder, momentum_factor, non_negative_float,
+                     exit_status, hold_out_folder, invalid, momentum_factor, non_negative_float,
                      non_negative_int, path_text, positive_float, positive_int, probability,
                      resolve_device, sigterm_interrupts, width_factor, write_text)
 from .gradflow_plots import plot_gradflow, plot_split, plot_training
@@ -109,6 +109,31 @@ def inits(text: str) -> tuple:
     return names
 
 
+# The rule of each setting, for the command line and for a saved experiment alike.
+RULES = dict(seeds=positive_int, seed=non_negative_int, steps=positive_int,
+             batch_size=positive_int, width=width_factor, stem_stride=(1, 2), lr=positive_float,
+             momentum=momentum_factor, aux_weight=non_negative_float, dropout=probability,
+             aux_dropout=probability, split_every=positive_int, train_images=positive_int,
+             test_images=non_negative_int, device=str, data=path_text, download=bool,
+             out=path_text, quick=bool)
+
+
+def saved_config_problem(config: Config) -> str | None:
+    """What in a saved experiment's configuration breaks the command line's rules, or None."""
+    names = config.init
+    if (not isinstance(names, (list, tuple)) or not names or len(set(names)) != len(names)
+            or any(name not in INITS for name in names)):
+        return f"init {names!r}, which must be one or more of {', '.join(INITS)}, each once"
+    for name, rule in RULES.items():
+        value = getattr(config, name)
+        if value is None and name == "train_images":      # None: all the images
+            continue
+        why = invalid(rule, value)
+        if why is not None:
+            return f"{name} {value!r}, which must be {why}"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -134,38 +159,38 @@ def build_parser() -> argparse.ArgumentParser:
         "original 2014 training), xavier (the BVLC Caffe replication), he (today's)",
         default_text=",".join(d["init"]), type=inits, metavar="LIST")
     add("--seeds", "seeds per initialisation (--seed, --seed + 1, ...): the spread over them "
-        "is shown", type=positive_int, metavar="N")
-    add("--seed", "the first seed: initial weights, batches and dropout", type=non_negative_int,
+        "is shown", type=RULES["seeds"], metavar="N")
+    add("--seed", "the first seed: initial weights, batches and dropout", type=RULES["seed"],
         metavar="N")
-    add("--steps", "training steps of each run", type=positive_int, metavar="N")
-    add("--batch-size", "images per step", type=positive_int, metavar="N")
+    add("--steps", "training steps of each run", type=RULES["steps"], metavar="N")
+    add("--batch-size", "images per step", type=RULES["batch_size"], metavar="N")
     add("--width", "multiplies every channel count; 1 is the paper's network",
-        type=width_factor, metavar="X")
+        type=RULES["width"], metavar="X")
     add("--stem-stride", "stride of conv1; 2 runs the Inception stages at 16/8/4 pixels",
-        type=int, choices=(1, 2))
-    add("--lr", "SGD learning rate (constant)", type=positive_float, metavar="X")
-    add("--momentum", "SGD momentum", type=momentum_factor, metavar="X")
+        type=int, choices=RULES["stem_stride"])
+    add("--lr", "SGD learning rate (constant)", type=RULES["lr"], metavar="X")
+    add("--momentum", "SGD momentum", type=RULES["momentum"], metavar="X")
     add("--aux-weight", "weight of each aux loss in run (a); the paper's is 0.3",
-        type=non_negative_float, metavar="X")
+        type=RULES["aux_weight"], metavar="X")
     add("--dropout", "dropout before the main classifier; the paper's is 0.4",
-        type=probability, metavar="P")
+        type=RULES["dropout"], metavar="P")
     add("--aux-dropout", "dropout inside the aux heads; the paper's is 0.7",
-        type=probability, metavar="P")
+        type=RULES["aux_dropout"], metavar="P")
     add("--split-every", "steps between per-head splits in run (a); a split step backpropagates "
-        "the three losses one by one, costing about twice a normal step", type=positive_int,
+        "the three losses one by one, costing about twice a normal step", type=RULES["split_every"],
         metavar="N")
     add("--train-images", "use the first N training images only", default_text="all 50000",
-        type=positive_int, metavar="N")
+        type=RULES["train_images"], metavar="N")
     add("--test-images", "test images for the final accuracy of each run; 0 skips it",
-        type=non_negative_int, metavar="N")
+        type=RULES["test_images"], metavar="N")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="cuda if a GPU is usable with CuPy, else cpu (default: auto)")
-    parser.add_argument("--data", type=path_text, metavar="DIR",
+    parser.add_argument("--data", type=RULES["data"], metavar="DIR",
                         help="folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                              "(default: $TINYGNET_DATA, else ~/.cache/tinygnet)")
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="never download CIFAR-10; fail if it is not found")
-    parser.add_argument("--out", type=path_text, metavar="DIR",
+    parser.add_argument("--out", type=RULES["out"], metavar="DIR",
                         help="output folder (default: runs/gradflow-DATE-TIME)")
     parser.add_argument("--resume", metavar="DIR",
                         help="continue the stopped experiment in DIR with its own settings: its "
@@ -211,6 +236,9 @@ def config_for_resume(args, saved: dict) -> Config:
     except TypeError as error:
         raise CheckpointError(f"{args.resume}: its configuration does not fit this version of the "
                               f"demo ({error})") from None
+    problem = saved_config_problem(config)
+    if problem is not None:
+        raise CheckpointError(f"{args.resume}: its saved configuration has {problem}")
     conflicts = [f"--{name.replace('_', '-')} {_flag_text(value)} "
                  f"(saved: {_flag_text(getattr(config, name))})"
                  for name, value in _given(args).items() if value != getattr(config, name)]
