@@ -24,8 +24,11 @@ momentum, Nesterov and weight decay, aux weight 0.3, label smoothing 0.1):
 * inference: one test view (eval, no graph) at the demo's test batch size.
 
 The ops' times are wall times on the calling thread: an op that hands blocks
-to tinygnet's threads is timed until its last block is done. The machine and
-its load average are printed with the numbers.
+to tinygnet's threads is timed until its last block is done. An op's CPU
+share counts every thread of the process while it ran, so with the fast
+paths off it also counts OpenBLAS's threads spinning after an earlier
+product (shares above 200% on 2 cores). The machine and its load average
+are printed with the numbers.
 """
 from __future__ import annotations
 
