@@ -153,19 +153,31 @@ def time_loader_batch(batch, repeats=50):
 
 
 def time_inference(model, batch, repeats=10):
-    """Median seconds for one test view of ``batch`` images (eval mode, no graph)."""
+    """One test view of ``batch`` images (eval mode, no graph): ``(median seconds,
+    ops)``, ``ops`` as ``profile_step``'s, per view."""
     x = tinygnet.tensor(np.random.default_rng(1).standard_normal((batch, 3, 32, 32),
                                                                  dtype=np.float32))
     model.eval()
     times = []
     with tinygnet.no_grad():
         model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
+        with op_timer() as totals:
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - start)
     model.train()
-    return float(np.median(times))
+    ops = {key: (wall / repeats, cpu / repeats, calls // repeats)
+           for key, (wall, cpu, calls) in totals.items()}
+    return float(np.median(times)), ops
+
+
+def print_ops(ops, total, top):
+    """The ``top`` ops by time, with their share of ``total`` seconds and their CPU use."""
+    print(f"  {'op':>28} {'pass':<8} {'ms':>8} {'share':>6} {'CPU':>5} {'calls':>6}")
+    for (op, name), (wall, cpu, calls) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]:
+        print(f"  {op:>28} {name:<8} {wall * 1e3:8.2f} {wall / total:6.1%} "
+              f"{cpu / max(wall, 1e-12):5.0%} {calls:6d}")
 
 
 def cpu_model() -> str:
@@ -199,16 +211,14 @@ def main(argv=None):
     print(f"  inside ops' forward/backward {in_ops * 1e3:.1f} ms (CPU {in_ops_cpu / in_ops:.0%}), "
           f"outside them {(step - in_ops) * 1e3:.1f} ms (graph, backward walk and gradient sums, "
           f"optimiser)")
-    print(f"  {'op':>28} {'pass':<8} {'ms/step':>8} {'share':>6} {'CPU':>5} {'calls':>6}")
-    for (op, name), (wall, cpu, calls) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:args.top]:
-        print(f"  {op:>28} {name:<8} {wall * 1e3:8.2f} {wall / step:6.1%} {cpu / wall:5.0%} "
-              f"{calls:6d}")
+    print_ops(ops, step, args.top)
     loader = time_loader_batch(batch)
     print(f"data pipeline: one training batch {loader * 1e3:.2f} ms ({loader / step:.1%} of a step)")
     eval_batch = 2 * batch
-    view = time_inference(model, eval_batch)
+    view, view_ops = time_inference(model, eval_batch)
     print(f"inference: one view of {eval_batch} test images {view * 1e3:.1f} ms "
           f"({eval_batch / view:.0f} images/s)")
+    print_ops(view_ops, view, min(args.top, 8))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

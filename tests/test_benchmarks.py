@@ -103,9 +103,16 @@ def test_the_step_profiler_times_each_op_call_once_as_the_class_that_ran():
 
 def test_the_step_profiler_times_the_demo_loader_and_inference():
     import step_profile
+    from tinygnet import nn
     assert 0 < step_profile.time_loader_batch(8, repeats=3) < 1
     tinygnet.manual_seed(0)
     model = GoogLeNet(10, config="cifar", width=1 / 16, stem_stride=2, batchnorm=True)
     model.train()
-    assert 0 < step_profile.time_inference(model, 2, repeats=1) < 10
+    seconds, ops = step_profile.time_inference(model, 2, repeats=2)
+    assert 0 < seconds < 10
     assert model.training
+    def convs_in(module):
+        return sum(isinstance(m, nn.Conv2d) for m in module.modules())
+    convs = convs_in(model) - convs_in(model.aux1) - convs_in(model.aux2)
+    assert ops["Conv2dOneGemm", "forward"][2] == convs          # per view: eval drops the aux heads
+    assert not any(name == "backward" for _, name in ops)
