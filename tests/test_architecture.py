@@ -24,7 +24,7 @@ MAY_IMPORT = {
     "ops": {"backend", "tensor", "conversion"},
     "gradcheck": {"backend", "tensor"},
     "checkpoint": {"backend"},
-    "data": {"backend"},
+    "data": {"backend", "checkpoint"},
     "functional": {"backend", "tensor"},
     "kernels": {"backend", "dispatch", "tensor", "functional"},
     "nn": {"backend", "tensor", "functional"},

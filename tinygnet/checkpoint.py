@@ -15,6 +15,8 @@ Atomic writes: the file is written under a temporary name in the same folder,
 flushed to disk (``fsync``), then renamed over the old one with ``os.replace``,
 which POSIX and Windows perform atomically. A crash or ``kill -9`` at any
 moment leaves either the old checkpoint or the new one, never half a file.
+The same module holds the two folder helpers that the data reader and the
+demos use so that a failed start leaves no empty folder behind.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import numpy as np
 from .backend import get_array_module, to_numpy
 
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write", "remove_stale_temp_files",
-           "CheckpointError"]
+           "missing_folders", "remove_empty_folders", "CheckpointError"]
 
 FORMAT = "tinygnet-checkpoint"
 VERSION = 1
@@ -137,6 +139,26 @@ def remove_stale_temp_files(folder, names) -> list:
             except FileNotFoundError:     # removed meanwhile: what we wanted
                 pass
     return removed
+
+
+def missing_folders(path) -> list:
+    """The folders ``os.makedirs(path)`` would create, deepest first (to undo it with
+    ``remove_empty_folders`` when what they were made for fails)."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def remove_empty_folders(folders) -> None:
+    """Remove ``folders`` (deepest first) where they exist and are empty; stop at the first
+    that is not (it holds something, or is gone)."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 # A hook for tests that kill the process in the middle of a write: when set, it is called as

@@ -41,6 +41,8 @@ import zlib
 
 import numpy as np
 
+from ..checkpoint import missing_folders, remove_empty_folders
+
 __all__ = ["CIFAR10", "DatasetError", "DatasetNotFoundError", "CorruptDatasetError",
            "resolve_data_root", "prepare_cifar10", "download_cifar10", "unpack_archive",
            "remove_stale_staging",
@@ -164,13 +166,13 @@ def download_cifar10(root, fetch=None, progress=True, url=None, md5=None) -> str
 
     url, md5 = url or URL, md5 or MD5
     fetch = fetch or (lambda address: urllib.request.urlopen(address, timeout=60))
-    created = _missing_folders(root)      # removed again if the download fails
+    created = missing_folders(root)      # removed again if the download fails
     archive = os.path.join(root, ARCHIVE_NAME)
     try:
         os.makedirs(root, exist_ok=True)
         handle, partial = tempfile.mkstemp(dir=root, prefix=f".{ARCHIVE_NAME}.", suffix=".part")
     except OSError as error:
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise DatasetNotFoundError(f"CIFAR-10 not found in {_named(root)}, and it cannot be "
                                    f"downloaded there: {error.strerror}. Choose a folder you can "
                                    f"write with --data DIR or ${ENV_VAR}") from None
@@ -203,27 +205,10 @@ def download_cifar10(root, fetch=None, progress=True, url=None, md5=None) -> str
         if os.path.exists(partial):
             os.remove(partial)
         if not downloaded:                # a mistyped --data is not left behind, empty
-            _remove_empty(created)
+            remove_empty_folders(created)
     return archive
 
 
-def _missing_folders(path) -> list:
-    """The folders ``os.makedirs(path)`` would create, deepest first."""
-    missing = []
-    path = os.path.abspath(path)
-    while not os.path.lexists(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    return missing
-
-
-def _remove_empty(folders) -> None:
-    """Remove ``folders`` (deepest first) where they exist and are empty."""
-    for folder in folders:
-        try:
-            os.rmdir(folder)
-        except OSError:                   # not empty, or already gone: leave it
-            return
 
 
 # --------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import tempfile
 import time
 
 from .. import backend
-from ..checkpoint import atomic_write, remove_stale_temp_files
+from ..checkpoint import (atomic_write, missing_folders, remove_empty_folders,
+                          remove_stale_temp_files)
 
 
 class UsageError(Exception):
@@ -124,7 +125,7 @@ class OutFolder:
             os.remove(os.path.join(self.path, LOCK_NAME))
         os.close(self._fd)           # closing the last descriptor releases the flock
         self._fd = None
-        _remove_empty(self._created)     # a run that wrote nothing leaves no folder behind
+        remove_empty_folders(self._created)     # a run that wrote nothing leaves no folder behind
 
     def __enter__(self):
         return self
@@ -203,11 +204,11 @@ def hold_out_folder(path, demo, outputs, given=True, replace=False, continuing=F
     is made beside it if it exists.
     """
     check_out_folder(path, outputs, given=given, replace=True)   # a file? writable?
-    created = _missing_folders(path)
+    created = missing_folders(path)
     if not given:                    # a default folder: never reuse one, even in the same second
         for n in range(1, 1000):
             candidate = path if n == 1 else f"{path}-{n}"
-            created = _missing_folders(candidate)
+            created = missing_folders(candidate)
             try:
                 os.makedirs(candidate)
                 path = candidate
@@ -227,7 +228,7 @@ def hold_out_folder(path, demo, outputs, given=True, replace=False, continuing=F
                    f"another --out")
         raise FolderBusy(message, busy.pid) from None
     except OSError as error:         # a file system without locks
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise UsageError(f"{name}: cannot lock it ({error.strerror}); choose a folder on a local "
                          f"disk with --out DIR") from None
     folder = OutFolder(path, fd, created)
@@ -245,21 +246,6 @@ def hold_out_folder(path, demo, outputs, given=True, replace=False, continuing=F
     return folder
 
 
-def _missing_folders(path) -> list:
-    """The folders ``os.makedirs(path)`` would create, deepest first."""
-    missing, path = [], os.path.abspath(path)
-    while not os.path.lexists(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    return missing
-
-
-def _remove_empty(folders) -> None:
-    for folder in folders:
-        try:
-            os.rmdir(folder)
-        except OSError:              # not empty, or gone: leave it
-            return
 
 
 def default_out_folder(kind: str) -> str:
