@@ -116,9 +116,9 @@ def test_parallel_matmul_equals_matmul(rng, threads, a_shape, b_shape, monkeypat
     np.testing.assert_allclose(threads_module.parallel_matmul(a_t, b_t), expected, rtol=1e-5, atol=1e-4)
 
 
-def test_tinygnet_threads_keep_blas_to_one_thread_and_give_it_back(threads):
-    """Where NumPy's OpenBLAS is found, tinygnet's threads take its place (one BLAS
-    thread), and set_num_threads(1) restores the count BLAS had."""
+def blas_held_by_two_threads(threads):
+    """BLAS's thread count getter, after BLAS was set to 2 threads and tinygnet started its
+    own 2 (which hold BLAS to one). Skips where NumPy's OpenBLAS cannot be found."""
     blas = threads_module._openblas()
     if blas is None:
         pytest.skip("NumPy's BLAS is not an OpenBLAS tinygnet can find")
@@ -126,6 +126,13 @@ def test_tinygnet_threads_keep_blas_to_one_thread_and_give_it_back(threads):
     threads(1)
     setter(2)
     threads(2)
+    return getter
+
+
+def test_tinygnet_threads_keep_blas_to_one_thread_and_give_it_back(threads):
+    """Where NumPy's OpenBLAS is found, tinygnet's threads take its place (one BLAS
+    thread), and set_num_threads(1) restores the count BLAS had."""
+    getter = blas_held_by_two_threads(threads)
     threads_module.parallel_for(2, lambda a, b: None)
     assert getter() == 1
     threads(1)
@@ -136,13 +143,7 @@ def test_use_fast_false_gives_blas_its_threads_back(threads):
     """The reference ops run their products on BLAS's own threads, as plain NumPy would:
     turning the fast paths off restores BLAS's count, turning them on takes it to one again."""
     import tinygnet
-    blas = threads_module._openblas()
-    if blas is None:
-        pytest.skip("NumPy's BLAS is not an OpenBLAS tinygnet can find")
-    setter, getter = blas
-    threads(1)
-    setter(2)
-    threads(2)
+    getter = blas_held_by_two_threads(threads)
     threads_module.parallel_for(2, lambda a, b: None)        # tinygnet's threads start
     assert getter() == 1
     with tinygnet.use_fast(False):
