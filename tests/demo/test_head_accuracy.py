@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from tinygnet.checkpoint import load_checkpoint, save_checkpoint
+from tinygnet.data import DataLoader
+from tinygnet.demo.cifar import ArrayDataset
 from tinygnet.demo import cifar, plots, training
+from tinygnet.models import GoogLeNetOutputs
 from tinygnet.tensor import Tensor, no_grad
 
 _spec = importlib.util.spec_from_file_location(
@@ -136,3 +139,78 @@ def test_the_accuracy_plot_draws_the_aux_heads_where_measured(tmp_path, monkeypa
     aux1 = next(line for line in accuracies.get_lines() if "aux1" in line.get_label())
     np.testing.assert_array_equal(aux1.get_ydata(), [np.nan, 25.0])
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class ViewSensitiveModel:
+    """A stand-in for GoogLeNet in eval mode whose logits are a fixed random linear map of
+    the pixels, so that every view of an image gets logits of its own and the views'
+    accuracies differ: a mix-up of views shows in the numbers."""
+
+    def __init__(self, seed=0):
+        self.weight = np.random.default_rng(seed).standard_normal((3 * 32 * 32, 10))
+        self.training, self.forwards = True, 0
+
+    def eval(self):
+        self.training = False
+
+    def train(self):
+        self.training = True
+
+    def __call__(self, x):
+        self.forwards += 1
+        return Tensor(x.data.reshape(len(x.data), -1) @ self.weight)
+
+    def heads(self, x):
+        logits = self(x)
+        return GoogLeNetOutputs(logits, logits, logits)
+
+
+@pytest.mark.parametrize("tta, final_tta", [("none", "mirror"), ("none", "shifts"),
+                                            ("mirror", "shifts")])
+def test_one_pass_gives_the_epoch_test_and_the_final_views(tta, final_tta):
+    """The last epoch's test goes on through --final-tta's extra views: its accuracy is
+    --tta's, its final_accuracy exactly what a separate test on --final-tta's views gives,
+    and no view runs twice."""
+    model = ViewSensitiveModel()
+    images = np.random.default_rng(1).integers(0, 256, (96, 3, 32, 32), dtype=np.uint8)
+    unlabelled = DataLoader(ArrayDataset(images, np.zeros(96, np.int64), _tests.CLASSES), 96,
+                            shuffle=False)
+    normalised = next(iter(unlabelled))[0]
+    # Labels that the sum of the mirror's two views gets right: --tta mirror scores 100%,
+    # the image alone and the 6 views less.
+    logits = sum(model(Tensor(view)).data for view in training._views(normalised, "mirror"))
+    loader = DataLoader(ArrayDataset(images, logits.argmax(axis=1), _tests.CLASSES), 32,
+                        shuffle=False)
+    accuracies = {views: training.evaluate(model, loader, "cpu", 10, tta=views)[0]
+                  for views in training.TTA_VIEWS}
+    assert len(set(accuracies.values())) == 3                  # the views tell apart
+    model.forwards = 0
+    both = training.evaluate_heads(model, loader, "cpu", 10, tta=tta, final_tta=final_tta)
+    assert model.forwards == len(training.TTA_VIEWS[final_tta]) * 3 and model.training
+    assert (both.accuracy, both.final_accuracy) == (accuracies[tta], accuracies[final_tta])
+    alone = training.evaluate_heads(model, loader, "cpu", 10, tta=tta)
+    assert alone[:1] + alone[2:4] == both[:1] + both[2:4]
+    assert (alone.confusion == both.confusion).all() and math.isnan(alone.final_accuracy)
+
+
+def test_final_views_must_begin_with_the_epoch_views(tmp_path):
+    trainer = quiet_trainer(tiny_config(tmp_path), tiny_data())
+    with pytest.raises(ValueError, match="does not begin with"):
+        training.evaluate_heads(trainer.model, trainer.test_loader, "cpu", 10, tta="mirror",
+                                final_tta="none")
+
+
+def test_the_final_test_is_not_run_twice(tmp_path, monkeypatch):
+    """After the last epoch the final weights' 6-view accuracy comes from the last epoch's
+    test: cifar's final test reuses it instead of testing again, and it is the same number."""
+    config = tiny_config(tmp_path, ema=0.0, tta="mirror", final_tta="shifts")
+    trainer = quiet_trainer(config, tiny_data(learnable=True))
+    trainer.fit()
+    assert trainer.final_test is not None
+    accuracy, seconds = trainer.final_test
+    assert accuracy == trainer.evaluate(views="shifts")[0] and seconds > 0
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: pytest.fail("tested again"))
+    assert cifar._final_test(trainer) == (accuracy, seconds)
+    trainer.final_test = None                    # a resumed finished run: the test runs again
+    monkeypatch.undo()
+    assert cifar._final_test(trainer)[0] == accuracy

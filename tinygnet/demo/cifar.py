@@ -595,7 +595,9 @@ def _plural(count, noun) -> str:
 
 def _device_name(device: str) -> str:
     if device == "cpu":
-        return f"CPU ({os.cpu_count()} cores)"
+        usable = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else os.cpu_count() or 1)       # the cores this process may run on
+        return f"CPU ({_plural(usable, 'core')})"
     cupy = backend.cupy_or_none()
     index = int(device.split(":")[1])
     name = cupy.cuda.runtime.getDeviceProperties(index)["name"]
@@ -604,9 +606,12 @@ def _device_name(device: str) -> str:
 
 def _final_test(trainer) -> tuple | None:
     """(accuracy, seconds) of the final weights on --final-tta's views; None when those
-    are --tta's."""
+    are --tta's. The last epoch's test has usually run them already (``Trainer.final_test``:
+    it went on from --tta's views through the extra ones); a resumed finished run tests again."""
     if trainer.config.final_tta == trainer.config.tta:
         return None
+    if trainer.final_test is not None:
+        return trainer.final_test
     print(f"testing the final weights on {TTA_DESCRIPTIONS[trainer.config.final_tta]}...", flush=True)
     started = time.perf_counter()
     accuracy = trainer.evaluate(views=trainer.config.final_tta)[0]

@@ -39,6 +39,7 @@ from ..models import GoogLeNet
 from ..optim import EMA, SGD, Adam, AdamW, CosineAnnealingLR, OneCycleLR, StepLR
 from . import training
 from .common import Interrupted, TrainingDiverged, UsageError, describe_loss, write_text
+from .training import TTA_VIEWS
 from .training import RunningMetrics
 
 __all__ = ["Trainer", "StopRequested", "make_optimizer", "make_schedule", "OUTPUTS", "PLOTS",
@@ -135,6 +136,7 @@ class Trainer:
         self.confusion = None     # of the last test
         self.seconds = 0.0        # time spent in completed epochs, across resumes
         self.train_seconds = 0.0  # time spent training in the current epoch (across a resume)
+        self.final_test = None    # (accuracy, seconds) on --final-tta's views, from the last test
         self.stop = StopRequested()
 
     # ------------------------------------------------------------ checkpoints
@@ -218,9 +220,12 @@ class Trainer:
                     return self.summary(interrupted=True, checkpoint=self.save())
                 self.check_weights()      # the last step's update is in no loss checked yet
                 started = time.perf_counter()
-                result = self.evaluate_heads()
-                self.end_epoch(result.accuracy, result.confusion,
-                               test_seconds=time.perf_counter() - started,
+                last = self.epoch + 1 == config.epochs
+                result = self.evaluate_heads(with_final_views=last)
+                seconds = time.perf_counter() - started
+                if not math.isnan(result.final_accuracy):
+                    self.final_test = (result.final_accuracy, seconds)
+                self.end_epoch(result.accuracy, result.confusion, test_seconds=seconds,
                                aux_accuracies=(result.aux1_accuracy, result.aux2_accuracy))
                 if self.stop.requested and self.epoch < config.epochs:
                     return self.summary(interrupted=True,
@@ -278,13 +283,25 @@ class Trainer:
                                      num_classes=len(self.classes),
                                      tta=views or self.config.tta)
 
-    def evaluate_heads(self) -> training.Evaluation:
+    def evaluate_heads(self, with_final_views=False) -> training.Evaluation:
         """``evaluate``, and each aux head's test accuracy on the image alone (NaN without aux
-        heads): a ``training.Evaluation``, the test after every epoch."""
+        heads): a ``training.Evaluation``, the test after every epoch.
+
+        ``with_final_views`` (the last epoch): when --final-tta's views begin
+        with --tta's and add more, the same pass goes on through them, and
+        ``final_accuracy`` is the final test's result: the views --tta has
+        already run are not run twice. Otherwise ``final_accuracy`` is NaN.
+        """
+        config = self.config
+        views = TTA_VIEWS[config.tta]
+        final_tta = (config.final_tta if with_final_views and
+                     TTA_VIEWS[config.final_tta][:len(views)] == views and
+                     len(TTA_VIEWS[config.final_tta]) > len(views) else None)
         averaged = self.ema.averaged() if self.ema is not None else nullcontext()
         with averaged:
-            return training.evaluate_heads(self.model, self.test_loader, self.config.device,
-                                           num_classes=len(self.classes), tta=self.config.tta)
+            return training.evaluate_heads(self.model, self.test_loader, config.device,
+                                           num_classes=len(self.classes), tta=config.tta,
+                                           final_tta=final_tta)
 
     def end_epoch(self, test_acc, confusion, test_seconds, aux_accuracies=(math.nan, math.nan)):
         """Record the epoch and print its line; write checkpoint.npz, then best.npz (if the test

@@ -22,6 +22,7 @@ same ``evaluate``. This module is the loop itself.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections import namedtuple
 
@@ -120,32 +121,42 @@ def evaluate(model, loader, device, num_classes, tta="none"):
     return result.accuracy, result.confusion
 
 
-Evaluation = namedtuple("Evaluation", ["accuracy", "confusion", "aux1_accuracy", "aux2_accuracy"])
+Evaluation = namedtuple("Evaluation", ["accuracy", "confusion", "aux1_accuracy", "aux2_accuracy",
+                                       "final_accuracy"], defaults=(math.nan,))
 Evaluation.__doc__ = """A test of every head: the main head's accuracy (on --tta's views) and
 confusion matrix, then each aux head's accuracy on the image alone (NaN for a model without
-aux heads)."""
+aux heads), and the main head's accuracy on ``final_tta``'s views when asked (else NaN)."""
 
 
-def evaluate_heads(model, loader, device, num_classes, tta="none") -> Evaluation:
+def evaluate_heads(model, loader, device, num_classes, tta="none", final_tta=None) -> Evaluation:
     """``evaluate``, and each aux head's test accuracy on the image alone:
-    ``Evaluation(accuracy, confusion, aux1_accuracy, aux2_accuracy)``.
+    ``Evaluation(accuracy, confusion, aux1_accuracy, aux2_accuracy, final_accuracy)``.
 
     The aux heads exist to train, and ``model(x)`` in eval mode drops them;
     ``model.heads(x)`` keeps them, so the first view (the image alone) gives
     all three heads' logits in one forward pass: how well do the features of
     inception4a (aux1) and inception4d (aux2) alone classify? The other views,
     if any, feed the main head only, as in ``evaluate``.
+
+    ``final_tta``, when given, is a longer list of views that begins with
+    ``tta``'s (``TTA_VIEWS`` grow by adding views: none, mirror, shifts): the
+    same pass goes on through its extra views and ``final_accuracy`` is the
+    main head's accuracy on all of them. The CIFAR demo's last epoch tests
+    this way, so that the final 6-view test does not run the first views twice.
     """
-    return _test(model, loader, device, num_classes, tta, aux=True)
+    return _test(model, loader, device, num_classes, tta, aux=True, final_tta=final_tta)
 
 
-def _test(model, loader, device, num_classes, tta, aux) -> Evaluation:
+def _test(model, loader, device, num_classes, tta, aux, final_tta=None) -> Evaluation:
+    first = len(TTA_VIEWS[tta])            # views of the accuracy; final_tta's go on from them
+    if final_tta is not None and TTA_VIEWS[final_tta][:first] != TTA_VIEWS[tta]:
+        raise ValueError(f"final_tta={final_tta!r} does not begin with tta={tta!r}'s views")
     model.eval()
-    predictions, aux_predictions = [], {"aux1": [], "aux2": []}
+    predictions, final_predictions, aux_predictions = [], [], {"aux1": [], "aux2": []}
     with no_grad():                    # no graph: nothing is kept for a backward pass
         for images, _ in loader:
             x = backend.to_device(images, device)                       # N x 3 x 32 x 32
-            views = _views(x, tta)                                      # the image alone first
+            views = _views(x, final_tta or tta)                         # the image alone first
             if aux:
                 outputs = model.heads(Tensor(next(views)))              # 3 heads: N x classes
                 logits = outputs.logits.data
@@ -155,17 +166,34 @@ def _test(model, loader, device, num_classes, tta, aux) -> Evaluation:
             else:
                 logits = 0
             # The sum of the views' logits: the same argmax as their mean.
-            logits = logits + sum(model(Tensor(view)).data for view in views)   # N x classes
+            for view in itertools.islice(views, first - (1 if aux else 0)):   # tta's other views
+                logits = logits + model(Tensor(view)).data              # N x classes
             predictions.append(logits.argmax(axis=1))                   # N, on the device
+            if final_tta is not None:
+                for view in views:                                      # final_tta's extra views
+                    logits = logits + model(Tensor(view)).data
+                final_predictions.append(logits.argmax(axis=1))
     model.train()
-    xp = backend.get_array_module(predictions[0])
-    predicted = backend.to_numpy(xp.concatenate(predictions))                   # all test images
-    k = num_classes
-    confusion = np.bincount(loader.labels * k + predicted, minlength=k * k).reshape(k, k)
+    confusion = _confusion(predictions, loader.labels, num_classes)
     accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
-    aux_accuracies = [float(np.mean(backend.to_numpy(xp.concatenate(found)) == loader.labels))
-                      if found else math.nan for found in aux_predictions.values()]
-    return Evaluation(accuracy, confusion, *aux_accuracies)
+    final_accuracy = math.nan
+    if final_tta is not None:
+        final_confusion = _confusion(final_predictions, loader.labels, num_classes)
+        final_accuracy = float(np.trace(final_confusion) / max(final_confusion.sum(), 1))
+    aux_accuracies = [float(np.mean(_gather(found) == loader.labels)) if found else math.nan
+                      for found in aux_predictions.values()]
+    return Evaluation(accuracy, confusion, *aux_accuracies, final_accuracy)
+
+
+def _gather(predictions):
+    """The batches' predictions (device arrays) as one NumPy array."""
+    xp = backend.get_array_module(predictions[0])
+    return backend.to_numpy(xp.concatenate(predictions))
+
+
+def _confusion(predictions, labels, k):
+    """confusion[i, j]: test images of class i predicted as j (a k x k int64 NumPy array)."""
+    return np.bincount(labels * k + _gather(predictions), minlength=k * k).reshape(k, k)
 
 
 def _views(x, tta):
