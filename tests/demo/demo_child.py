@@ -20,7 +20,9 @@ Used by the demo tests; CIFAR-10 there is a tiny fake with PER_BATCH images per 
         Run the gradflow demo and send SIGNAL once the kept runs (gradflow_runs.npz) number
         RUNS: with --jobs N > 1 the steps are taken in worker processes, but the runs are
         kept here. SIGNAL goes to this process, after printing "workers PID..." (the worker
-        processes alive then); or with "worker-SIGNAL" to one of the workers.
+        processes alive then); with "worker-SIGNAL" to one of the workers; with "group-SIGNAL"
+        to the whole process group, as a terminal sends Ctrl-C (start this in a session of
+        its own).
 
 Plots are drawn by ``fake_plots``: matplotlib takes half a second a figure, and what these
 tests check is where the writes fall, not the pictures. Forking saves every child the imports
@@ -93,7 +95,7 @@ def signal_at_step(step, signum, times, argv, demo=cifar):
 
 
 def signal_at_run(runs, target, argv):
-    real_save, signum = gradflow.save_runs, signal.Signals[target.removeprefix("worker-")]
+    real_save, signum = gradflow.save_runs, signal.Signals[target.split("-")[-1]]
 
     def save_then_signal(path, config, results):
         real_save(path, config, results)
@@ -101,6 +103,9 @@ def signal_at_run(runs, target, argv):
             workers = [process.pid for process in multiprocessing.active_children()]
             if target.startswith("worker-"):
                 os.kill(workers[0], signum)
+            elif target.startswith("group-"):
+                print("workers", *workers, flush=True)
+                os.killpg(os.getpgid(0), signum)
             else:
                 print("workers", *workers, flush=True)
                 os.kill(os.getpid(), signum)

@@ -324,7 +324,8 @@ def stop_child(data, signal_name, when, out, jobs=1):
     mode = "gradflow-signal-at-step" if jobs == 1 else "gradflow-signal-at-run"
     child = subprocess.run([sys.executable, CHILD, mode, "16", str(when), signal_name, "--",
                             *argv, "--jobs", str(jobs), "--out", str(out)],
-                           cwd=REPO, capture_output=True, text=True, timeout=120)
+                           cwd=REPO, capture_output=True, text=True, timeout=120,
+                           start_new_session=True)      # a process group of its own
     assert "Traceback" not in child.stdout + child.stderr
     return child, argv
 
@@ -357,13 +358,15 @@ def workers_of(child) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("jobs, when", [(1, 10),        # inside the third run
-                                        (2, 2)])        # two runs kept, two in the workers
+@pytest.mark.parametrize("jobs, when, stop", [
+    (1, 10, "SIGTERM"),             # inside the third run
+    (2, 2, "SIGTERM"),              # two runs kept, two in the workers
+    (2, 2, "group-SIGINT")])        # Ctrl-C in a terminal: to the workers too, theirs to ignore
 def test_sigterm_keeps_the_finished_runs_and_says_how_to_continue(fake_cifar, tmp_path, capsys,
-                                                                  fast_figures, jobs, when):
+                                                                  fast_figures, jobs, when, stop):
     stopped, uninterrupted = tmp_path / "stopped", tmp_path / "uninterrupted"
-    child, argv = stop_child(fake_cifar, "SIGTERM", when, stopped, jobs=jobs)
-    assert child.returncode == 128 + signal.SIGTERM, child.stderr
+    child, argv = stop_child(fake_cifar, stop, when, stopped, jobs=jobs)
+    assert child.returncode == 128 + signal.Signals[stop.split("-")[-1]], child.stderr
     assert child.stderr.endswith(
         f"python -m tinygnet.demo gradflow: stopped; 2 of 4 runs finished, kept in "
         f"{stopped / 'gradflow_runs.npz'}. Continue with:\n"
@@ -379,7 +382,7 @@ def test_sigterm_keeps_the_finished_runs_and_says_how_to_continue(fake_cifar, tm
     # A rerun into the folder is refused, and points at --resume.
     assert gradflow.main(argv + ["--out", str(stopped)]) == 2
     assert f"continue it with --resume {stopped}, start it over" in capsys.readouterr().err
-    if jobs > 1:       # resumed, the runs side by side again: the experiment never stopped
+    if stop == "SIGTERM" and jobs > 1:      # resumed, side by side again: as if never stopped
         assert gradflow.main(["--resume", str(stopped), "--no-progress", "--data", fake_cifar,
                               "--jobs", "2"]) == 0
         assert gradflow.main(argv + ["--out", str(uninterrupted)]) == 0
