@@ -576,8 +576,11 @@ def test_a_worker_trains_on_one_thread_and_ends_with_its_parent_even_after_kill_
     """A worker must use one core (tinygnet's threads and BLAS's both held to one: the demo's
     width and batch, where the fast paths split their work) and must not train on, orphaned,
     when its parent is killed."""
+    # Started as a user starts it: without the one-thread BLAS that tests/conftest.py sets.
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     parent = subprocess.run([sys.executable, "-c", WORKER], cwd=REPO, capture_output=True,
-                            text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+                            text=True, timeout=120, env=dict(env, PYTHONPATH=REPO))
     assert parent.returncode == -signal.SIGKILL, parent.stderr
     pid, threads = map(int, parent.stdout.split())
     assert_ended([pid], seconds=3)
