@@ -42,13 +42,23 @@ Outputs in ``--out``:
   measurements, rewritten (atomically) as each run ends;
 * ``config.json``; and a summary printed at the end.
 
+The runs are independent: every run starts from its own seeds, so it
+computes the same numbers whichever process trains it, and in whatever
+order. ``--jobs N`` trains N runs at once, each in a worker process on one
+core (default: one per CPU core); ``--jobs 1`` trains them one after another
+in this process, each op spread over the cores by tinygnet's threads. The
+outputs are written in the grid's order whichever run ends first, and one
+thread against several could differ only in how BLAS rounds a matrix product
+cut into blocks (identical bit for bit where measured:
+docs/vanishing-gradients.md).
+
 A stopped experiment (Ctrl-C, SIGTERM, ``kill -9``, a power cut) loses only
-the run it was in: ``--resume OUT`` trains the runs not yet finished, with
-the saved settings, and writes the outputs as an uninterrupted experiment
-would have (every run starts from its own seeds, so a run trained after the
-restart is the same run). The code: this file is the command line and the
-order of things; ``gradflow_runs.py`` the runs, ``gradflow_stats.py`` the
-numbers made of them (CSV, summary), ``gradflow_plots.py`` the figures.
+the runs it was in (one per worker): ``--resume OUT`` trains the runs not yet
+finished, with the saved settings (``--jobs`` may change), and writes the
+outputs as an uninterrupted experiment would have. The code: this file is
+the command line and the order of things; ``gradflow_runs.py`` the runs and
+the workers, ``gradflow_stats.py`` the numbers made of them (CSV, summary),
+``gradflow_plots.py`` the figures.
 
 Defaults (sized for a run of minutes on a small CPU; docs/vanishing-gradients.md
 has the times measured): a network at an eighth of the paper's width
@@ -200,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "outputs (without it, such an --out is refused)")
     parser.add_argument("-j", "--jobs", type=positive_int, metavar="N",
                         help="train N runs at once, each in a worker process on one core; 1 "
-                             "trains them one after another in this process (default: the "
-                             "number of CPU cores this process may use, on cuda 1). It does not "
-                             "change the results, so --resume may change it")
+                             "trains them one after another in this process (default: one per "
+                             "CPU core this process may use; 1 on cuda). Not a setting of the "
+                             "experiment (each run is computed the same way): --resume may "
+                             "change it")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars")
     return parser

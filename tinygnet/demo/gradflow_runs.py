@@ -210,6 +210,8 @@ def train_one(config: Config, key, train, test=None, progress=True, on_step=None
     ``config.test_images`` 0, leaves ``test_acc`` None.
     """
     init, run, seed = key
+    # Both networks, as build_models draws them (the one without heads takes the other's
+    # trunk): the run's weights are those of an experiment that trains both.
     model = dict(zip(RUNS, build_models(config, init, seed)))[run]
     result = train_run(model, init, run, seed, config, *train, progress=progress, on_step=on_step)
     if test is not None and config.test_images > 0:
@@ -346,8 +348,8 @@ def start_worker(context, config: Config, train, test, report_steps: bool):
 def _as_a_worker_is_born():
     """The environment and signal mask a process started inside inherits: BLAS on one thread,
     and Ctrl-C blocked. The terminal sends Ctrl-C to every process of the group, and it is the
-    parent's to handle (it stops the workers and keeps the finished runs); blocked here, a
-    Ctrl-C pressed meanwhile waits for the parent instead of being lost."""
+    parent's to handle (it stops the workers and keeps the finished runs). Blocked rather than
+    ignored: a Ctrl-C that comes while a worker starts waits for the parent, not lost."""
     saved = {name: os.environ.get(name) for name in ONE_THREAD}
     os.environ.update(ONE_THREAD)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -374,8 +376,9 @@ def work(connection, config: Config, train, test, parent: int, report_steps: boo
     tqdm.monitor_interval = 0
     tqdm.set_lock(threading.RLock())
     on_step = (lambda: connection.send(("step", None))) if report_steps else None
+    # NumPy's error handling as the parent's: the warnings it silences are silent here too.
     with np.errstate(**errors), contextlib.suppress(EOFError, BrokenPipeError):
-        while True:               # (the parent's numpy error handling, for the same warnings)
+        while True:
             key = connection.recv()
             try:
                 result = train_one(config, key, train, test, progress=False, on_step=on_step)
@@ -402,7 +405,9 @@ def worker_death(process, key) -> str:
     'he, with aux heads, seed 0' ended without it (killed by SIGKILL: out of memory?)"."""
     process.join(5)
     code = process.exitcode
-    if code is not None and code < 0:
+    if code is None:
+        how = "its pipe closed"
+    elif code < 0:
         how = f"killed by {signal.Signals(-code).name}"
         if code == -signal.SIGKILL:
             how += ": out of memory?"
