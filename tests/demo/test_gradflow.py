@@ -363,8 +363,8 @@ def workers_of(child) -> list:
     (2, 2, "SIGTERM"),              # two runs kept, two in the workers
     (2, 2, "group-SIGINT")])        # Ctrl-C in a terminal: to the workers too, theirs to ignore
 def test_sigterm_keeps_the_finished_runs_and_says_how_to_continue(fake_cifar, tmp_path, capsys,
-                                                                  fast_figures, jobs, when, stop):
-    stopped, uninterrupted = tmp_path / "stopped", tmp_path / "uninterrupted"
+                                                                  jobs, when, stop):
+    stopped = tmp_path / "stopped"
     child, argv = stop_child(fake_cifar, stop, when, stopped, jobs=jobs)
     assert child.returncode == 128 + signal.Signals[stop.split("-")[-1]], child.stderr
     assert child.stderr.endswith(
@@ -382,11 +382,7 @@ def test_sigterm_keeps_the_finished_runs_and_says_how_to_continue(fake_cifar, tm
     # A rerun into the folder is refused, and points at --resume.
     assert gradflow.main(argv + ["--out", str(stopped)]) == 2
     assert f"continue it with --resume {stopped}, start it over" in capsys.readouterr().err
-    if stop == "SIGTERM" and jobs > 1:      # resumed, side by side again: as if never stopped
-        assert gradflow.main(["--resume", str(stopped), "--no-progress", "--data", fake_cifar,
-                              "--jobs", "2"]) == 0
-        assert gradflow.main(argv + ["--out", str(uninterrupted)]) == 0
-        assert untimed_rows(stopped / "gradflow.csv") == untimed_rows(uninterrupted / "gradflow.csv")
+    # (the kill -9 test below resumes a stopped jobs-2 experiment)
 
 
 @pytest.mark.slow
