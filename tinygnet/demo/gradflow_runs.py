@@ -304,7 +304,7 @@ def train_in_workers(config: Config, todo, train, test, jobs: int, collect, prog
                desc=f"{len(todo)} runs, {jobs} at a time", disable=not progress)
     try:
         with bar:
-            for _ in range(jobs):
+            for _ in range(min(jobs, len(todo))):
                 process, connection = start_worker(context, config, train, test, progress)
                 workers.append(process)
                 hand_out(connection, process)
