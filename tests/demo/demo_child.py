@@ -16,6 +16,14 @@ Used by the demo tests; CIFAR-10 there is a tiny fake with PER_BATCH images per 
     python demo_child.py gradflow-signal-at-step PER_BATCH STEP SIGNAL[xN] -- ARGV...
         The same with the gradflow demo.
 
+    python demo_child.py gradflow-signal-at-run PER_BATCH RUNS SIGNAL -- ARGV...
+        Run the gradflow demo and send SIGNAL once the kept runs (gradflow_runs.npz) number
+        RUNS: with --jobs N > 1 the steps are taken in worker processes, but the runs are
+        kept here. SIGNAL goes to this process, after printing "workers PID..." (the worker
+        processes alive then); with "worker-SIGNAL" to one of the workers; with "group-SIGNAL"
+        to the whole process group, as a terminal sends Ctrl-C (start this in a session of
+        its own).
+
 Plots are drawn by ``fake_plots``: matplotlib takes half a second a figure, and what these
 tests check is where the writes fall, not the pictures. Forking saves every child the imports
 (a second each); the parent computes nothing, so no worker thread exists to be lost in a fork.
@@ -24,6 +32,7 @@ STEP 0 never comes: signal-at-step with STEP 0 is a plain run of the demo. With
 DEMO_CHILD_LOAD_SECONDS=S in the environment, loading the data takes S seconds more, as the real
 CIFAR-10 does (2-3 s): the time between the --out check and the first write.
 """
+import multiprocessing
 import os
 import signal
 import sys
@@ -85,6 +94,26 @@ def signal_at_step(step, signum, times, argv, demo=cifar):
     return demo.main(argv)
 
 
+def signal_at_run(runs, target, argv):
+    real_save, signum = gradflow.save_runs, signal.Signals[target.split("-")[-1]]
+
+    def save_then_signal(path, config, results):
+        real_save(path, config, results)
+        if len(results) == runs:
+            workers = [process.pid for process in multiprocessing.active_children()]
+            if target.startswith("worker-"):
+                os.kill(workers[0], signum)
+            elif target.startswith("group-"):
+                print("workers", *workers, flush=True)
+                os.killpg(os.getpgid(0), signum)
+            else:
+                print("workers", *workers, flush=True)
+                os.kill(os.getpid(), signum)
+
+    gradflow.save_runs = save_then_signal
+    return gradflow.main(argv)
+
+
 def main():
     mode, per_batch, first, second, separator, *argv = sys.argv[1:]
     assert separator == "--", "usage: see the docstring"
@@ -105,6 +134,8 @@ def main():
         name, _, times = second.partition("x")
         demo = gradflow if mode.startswith("gradflow") else cifar
         return signal_at_step(int(first), signal.Signals[name], int(times or 1), argv, demo)
+    if mode == "gradflow-signal-at-run":
+        return signal_at_run(int(first), second, argv)
     raise SystemExit(f"unknown mode {mode!r}")
 
 

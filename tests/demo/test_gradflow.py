@@ -5,11 +5,13 @@ Runs on tiny synthetic data in the official CIFAR-10 format, with a
 network narrow enough that a step takes milliseconds.
 """
 import csv
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from collections import defaultdict
 
@@ -24,8 +26,9 @@ from tinygnet.demo.training import train_step
 from tinygnet.diagnostics import split_backward
 from tinygnet.optim import SGD
 
+# One run after another in this process: the tests of --jobs N say so.
 TINY = ["--steps", "4", "--width", "0.0625", "--batch-size", "8", "--split-every", "2",
-        "--test-images", "16", "--no-progress", "--no-download"]
+        "--test-images", "16", "--no-progress", "--no-download", "--jobs", "1"]
 TRUNK_START = ["conv1", "conv2_reduce", "conv2"]
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_child.py")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,7 +77,8 @@ def test_defaults_then_quick_then_flags():
 
 @pytest.mark.parametrize("argv", [["--init", "lecun"], ["--init", ""], ["--init", "he,Xavier"],
                                   ["--seeds", "0"], ["--steps", "0"], ["--stem-stride", "3"],
-                                  ["--dropout", "1"], ["--lr", "nan"], ["--momentum", "1"]])
+                                  ["--dropout", "1"], ["--lr", "nan"], ["--momentum", "1"],
+                                  ["--jobs", "0"], ["--jobs", "-2"], ["-j", "two"]])
 def test_bad_flags_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         gradflow.main(argv)
@@ -309,49 +313,97 @@ def fast_figures(monkeypatch):
         monkeypatch.setattr(gradflow, name, stand_in)
 
 
-def stop_child(data, signal_name, step, out):
-    """The gradflow demo in a child process, sent ``signal_name`` after optimiser step ``step``.
+def stop_child(data, signal_name, when, out, jobs=1):
+    """The gradflow demo in a child process, sent ``signal_name``: with ``jobs`` 1 after
+    optimiser step ``when``; with more, once ``when`` runs are kept (the steps are taken in
+    the worker processes).
 
     The experiment: four runs of 4 steps (xavier; seeds 0 and 1, each with and without the
     aux heads, in that order), 16 steps in all."""
     argv = ["--data", data, "--init", "xavier", "--seeds", "2", "--device", "cpu"] + TINY
-    child = subprocess.run([sys.executable, CHILD, "gradflow-signal-at-step", "16", str(step),
-                            signal_name, "--", *argv, "--out", str(out)],
-                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    mode = "gradflow-signal-at-step" if jobs == 1 else "gradflow-signal-at-run"
+    child = subprocess.run([sys.executable, CHILD, mode, "16", str(when), signal_name, "--",
+                            *argv, "--jobs", str(jobs), "--out", str(out)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120,
+                           start_new_session=True)      # a process group of its own
     assert "Traceback" not in child.stdout + child.stderr
     return child, argv
 
 
+def assert_ended(pids, seconds=5.0):
+    """Every process ``pids`` ended (or a zombie, left to be reaped) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if running(pid)]
+        time.sleep(0.05)
+    for pid in alive:                   # the test fails; the process must not train on
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"processes {alive} outlived their parent"
+
+
+def running(pid) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def workers_of(child) -> list:
+    """The worker PIDs that ``demo_child.py gradflow-signal-at-run`` printed."""
+    lines = [line for line in child.stdout.splitlines() if line.startswith("workers ")]
+    assert len(lines) == 1, child.stdout
+    return [int(pid) for pid in lines[0].split()[1:]]
+
+
 @pytest.mark.slow
-def test_sigterm_keeps_the_finished_runs_and_says_how_to_continue(fake_cifar, tmp_path, capsys):
+@pytest.mark.parametrize("jobs, when, stop", [
+    (1, 10, "SIGTERM"),             # inside the third run
+    (2, 2, "SIGTERM"),              # two runs kept, two in the workers
+    (2, 2, "group-SIGINT")])        # Ctrl-C in a terminal: to the workers too, theirs to ignore
+def test_sigterm_keeps_the_finished_runs_and_says_how_to_continue(fake_cifar, tmp_path, capsys,
+                                                                  jobs, when, stop):
     stopped = tmp_path / "stopped"
-    child, argv = stop_child(fake_cifar, "SIGTERM", 10, stopped)      # inside the third run
-    assert child.returncode == 128 + signal.SIGTERM, child.stderr
+    child, argv = stop_child(fake_cifar, stop, when, stopped, jobs=jobs)
+    assert child.returncode == 128 + signal.Signals[stop.split("-")[-1]], child.stderr
     assert child.stderr.endswith(
         f"python -m tinygnet.demo gradflow: stopped; 2 of 4 runs finished, kept in "
         f"{stopped / 'gradflow_runs.npz'}. Continue with:\n"
         f"  python -m tinygnet.demo gradflow --resume {stopped}\n")
     _, kept = gradflow_runs.load_runs(stopped / "gradflow_runs.npz")
-    assert list(kept) == [("xavier", "aux", 0), ("xavier", "no_aux", 0)]
+    grid = gradflow.resolve_config(gradflow.build_parser().parse_args(argv)).grid()
+    if jobs == 1:
+        assert list(kept) == [("xavier", "aux", 0), ("xavier", "no_aux", 0)]
+    else:   # the two that ended first (the first two, unless one ran slow), in the grid's order
+        assert len(kept) == 2 and list(kept) == [key for key in grid if key in kept]
+        assert_ended(workers_of(child))
     assert sorted(os.listdir(stopped)) == ["config.json", "gradflow_runs.npz"]
     # A rerun into the folder is refused, and points at --resume.
     assert gradflow.main(argv + ["--out", str(stopped)]) == 2
     assert f"continue it with --resume {stopped}, start it over" in capsys.readouterr().err
+    # (the kill -9 test below resumes a stopped jobs-2 experiment)
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9_ends_as_if_never_stopped(fake_cifar, tmp_path, capsys, fast_figures):
+@pytest.mark.parametrize("jobs, when", [(1, 14), (2, 3)])
+def test_resume_after_kill_9_ends_as_if_never_stopped(fake_cifar, tmp_path, capsys, fast_figures,
+                                                      jobs, when):
     stopped, uninterrupted = tmp_path / "stopped", tmp_path / "uninterrupted"
-    # Killed inside the last run (seed 1 without aux heads), its twin with them kept: the run
-    # trained after the restart must not depend on what the process did before it.
-    child, argv = stop_child(fake_cifar, "SIGKILL", 14, stopped)
+    # Killed inside the last run (with jobs 1: seed 1 without aux heads, its twin with them
+    # kept): the run trained after the restart must not depend on what the process did before.
+    child, argv = stop_child(fake_cifar, "SIGKILL", when, stopped, jobs=jobs)
     assert child.returncode == -signal.SIGKILL, child.stderr
+    if jobs > 1:
+        assert_ended(workers_of(child))         # no worker trains on, orphaned
     _, kept = gradflow_runs.load_runs(stopped / "gradflow_runs.npz")
     assert len(kept) == 3
     assert gradflow.main(["--resume", str(stopped), "--steps", "5"]) == 2
     assert "these options differ from them: --steps 5 (saved: 4)" in capsys.readouterr().err
 
-    assert gradflow.main(["--resume", str(stopped), "--no-progress", "--data", fake_cifar]) == 0
+    # --jobs is not one of the experiment's settings: a resume may change it.
+    assert gradflow.main(["--resume", str(stopped), "--no-progress", "--data", fake_cifar,
+                          "--jobs", str(3 - jobs)]) == 0
     resumed = capsys.readouterr().out
     assert f"resuming {stopped}: 3 of 4 runs finished and kept, 1 to train" in resumed
     assert resumed.count("kept from the interrupted experiment") == 3
@@ -359,7 +411,7 @@ def test_resume_after_kill_9_ends_as_if_never_stopped(fake_cifar, tmp_path, caps
     assert gradflow.main(argv + ["--out", str(uninterrupted)]) == 0
     assert untimed_rows(stopped / "gradflow.csv") == untimed_rows(uninterrupted / "gradflow.csv")
     _, runs = gradflow_runs.load_runs(stopped / "gradflow_runs.npz")
-    assert [r.seconds for r in runs.values()][:3] == [r.seconds for r in kept.values()]
+    assert {key: runs[key].seconds for key in kept} == {key: r.seconds for key, r in kept.items()}
 
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
@@ -454,3 +506,120 @@ def test_resume_checks_a_saved_configuration_as_the_command_line_does(tmp_path, 
         flag = "--" + field.replace("_", "-")
         with pytest.raises(SystemExit):
             gradflow.build_parser().parse_args([flag, str(value)])
+
+
+# --------------------------------------------------------------------------- runs side by side
+def assert_same_runs(got: dict, expected: dict):
+    """Bit for bit, every measurement of every run (not the wall-clock seconds)."""
+    assert list(got) == list(expected)
+    for key, want in expected.items():
+        run = got[key]
+        assert (run.layers, run.test_acc) == (want.layers, want.test_acc), key
+        np.testing.assert_array_equal(run.losses, want.losses, err_msg=str(key))
+        np.testing.assert_array_equal(run.grad_norms, want.grad_norms, err_msg=str(key))
+        assert repr(run.splits) == repr(want.splits), key          # floats written exactly
+
+
+@pytest.mark.slow
+def test_runs_in_two_workers_are_the_runs_of_one_process_kept_in_the_grids_order(capsys):
+    settings = config(steps=3, width=0.0625, batch_size=8, split_every=2, test_images=8,
+                      init=("xavier", "he"), seeds=1)
+    train, test = random_data(n=24), random_data(n=8, seed=1)
+    expected = gradflow_runs.run_experiment(settings, train, test, progress=False,
+                                            log=lambda *a: None)
+    grid = settings.grid()
+    # One run kept from a stopped experiment, after two of those still to train: the order
+    # the runs end in (kept first, then as the workers finish) is not the grid's.
+    finished = {grid[2]: expected[grid[2]]}
+    kept = []
+    results = gradflow_runs.run_experiment(settings, train, test, progress=True, jobs=2,
+                                           finished=finished, keep=lambda r: kept.append(list(r)))
+    assert_same_runs(results, expected)
+    assert results[grid[2]] is finished[grid[2]]
+    assert len(kept) == 3 and [len(k) for k in kept] == [2, 3, 4]
+    assert all(k == [key for key in grid if key in k] for k in kept)      # the grid's order
+    printed = capsys.readouterr()
+    assert printed.out.count("3 steps in") == 3 and "kept from the interrupted" in printed.out
+    assert "9/9" in printed.err        # the one bar, of the three runs' steps, run to its end
+
+
+WORKER = """
+import os, signal, sys
+import multiprocessing
+from tinygnet.demo import gradflow_runs
+from tinygnet.demo.gradflow import DEFAULTS
+import numpy as np
+
+config = gradflow_runs.Config(**dict(DEFAULTS, steps=10**6, test_images=0, device="cpu",
+                                     data="", download=False, out="", quick=False))
+rng = np.random.default_rng(0)
+train = rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 64)
+context = multiprocessing.get_context("spawn")
+process, connection = gradflow_runs.start_worker(context, config, train, None, True)
+connection.send(("he", "aux", 0))
+for _ in range(3):
+    assert connection.recv() == ("step", None)         # training: three steps taken
+with open(f"/proc/{process.pid}/status") as f:
+    threads = [line.split()[1] for line in f if line.startswith("Threads:")][0]
+print(process.pid, threads, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)                   # kill -9: the parent cleans nothing up
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, and PR_SET_PDEATHSIG")
+def test_a_worker_trains_on_one_thread_and_ends_with_its_parent_even_after_kill_9():
+    """A worker must use one core (tinygnet's threads and BLAS's both held to one: the demo's
+    width and batch, where the fast paths split their work) and must not train on, orphaned,
+    when its parent is killed."""
+    # Started as a user starts it: without the one-thread BLAS that tests/conftest.py sets.
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    parent = subprocess.run([sys.executable, "-c", WORKER], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, env=dict(env, PYTHONPATH=REPO))
+    assert parent.returncode == -signal.SIGKILL, parent.stderr
+    pid, threads = map(int, parent.stdout.split())
+    assert_ended([pid], seconds=3)
+    assert threads == 1
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_stops_the_experiment_in_one_line_keeping_the_finished_runs(
+        fake_cifar, tmp_path):
+    out = tmp_path / "out"
+    child, _ = stop_child(fake_cifar, "worker-SIGKILL", 1, out, jobs=2)   # killed, as by OOM
+    assert child.returncode == 1, child.stderr
+    _, kept = gradflow_runs.load_runs(out / "gradflow_runs.npz")
+    assert child.stderr.startswith("python -m tinygnet.demo gradflow: error: the worker process "
+                                   "training run 'xavier, ")
+    assert child.stderr.endswith(
+        f"ended without it (killed by SIGKILL: out of memory?); {len(kept)} of 4 runs finished, "
+        f"kept in {out / 'gradflow_runs.npz'}: continue with python -m tinygnet.demo gradflow "
+        f"--resume {out}\n")
+    assert child.stderr.count("\n") == 1 and 1 <= len(kept) <= 2
+
+
+@pytest.mark.slow
+def test_a_run_diverging_in_a_worker_stops_the_experiment_with_the_same_line(fake_cifar, tmp_path,
+                                                                             capfd):
+    out = tmp_path / "out"              # capfd: the workers write to the file descriptors
+    status = gradflow.main(["--data", fake_cifar, "--out", str(out), "--lr", "1e4", "--init",
+                            "xavier", "--seeds", "1"] + TINY + ["--jobs", "2"])
+    err = capfd.readouterr().err
+    assert status == 1
+    assert err.startswith("python -m tinygnet.demo gradflow: error: run 'xavier, with")
+    assert "aux heads, seed 0' diverged: the loss is nan" in err
+    assert "at step 2 of 4; stopped. Try a smaller --lr (this run: 10000)" in err
+    assert err.count("\n") == 1 and "Warning" not in err
+    assert sorted(os.listdir(out)) == ["config.json", "gradflow_runs.npz"]
+
+
+def test_jobs_is_no_setting_of_the_experiment_so_a_resume_may_change_it(tmp_path):
+    saved = dataclasses.asdict(config(out=str(tmp_path)))
+    for jobs in ("1", "3"):
+        args = gradflow.build_parser().parse_args(["--resume", str(tmp_path), "--jobs", jobs,
+                                                   "--device", "cpu", "--no-download"])
+        assert args.jobs == int(jobs)
+        assert gradflow.config_for_resume(args, saved) == Config(**saved)
+    assert gradflow.default_jobs("cpu") == len(os.sched_getaffinity(0))
+    assert gradflow.default_jobs("cuda") == 1

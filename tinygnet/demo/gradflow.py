@@ -42,13 +42,23 @@ Outputs in ``--out``:
   measurements, rewritten (atomically) as each run ends;
 * ``config.json``; and a summary printed at the end.
 
+The runs are independent: every run starts from its own seeds, so it
+computes the same numbers whichever process trains it, and in whatever
+order. ``--jobs N`` trains N runs at once, each in a worker process on one
+core (default: one per CPU core); ``--jobs 1`` trains them one after another
+in this process, each op spread over the cores by tinygnet's threads. The
+outputs are written in the grid's order whichever run ends first, and one
+thread against several could differ only in how BLAS rounds a matrix product
+cut into blocks (identical bit for bit where measured:
+docs/vanishing-gradients.md).
+
 A stopped experiment (Ctrl-C, SIGTERM, ``kill -9``, a power cut) loses only
-the run it was in: ``--resume OUT`` trains the runs not yet finished, with
-the saved settings, and writes the outputs as an uninterrupted experiment
-would have (every run starts from its own seeds, so a run trained after the
-restart is the same run). The code: this file is the command line and the
-order of things; ``gradflow_runs.py`` the runs, ``gradflow_stats.py`` the
-numbers made of them (CSV, summary), ``gradflow_plots.py`` the figures.
+the runs it was in (one per worker): ``--resume OUT`` trains the runs not yet
+finished, with the saved settings (``--jobs`` may change), and writes the
+outputs as an uninterrupted experiment would have. The code: this file is
+the command line and the order of things; ``gradflow_runs.py`` the runs and
+the workers, ``gradflow_stats.py`` the numbers made of them (CSV, summary),
+``gradflow_plots.py`` the figures.
 
 Defaults (sized for a run of minutes on a small CPU; docs/vanishing-gradients.md
 has the times measured): a network at an eighth of the paper's width
@@ -78,7 +88,7 @@ from .common import (TrainingDiverged, UsageError, claim_out_folder, default_out
                      non_negative_int, path_text, positive_float, positive_int, probability,
                      resolve_device, sigterm_interrupts, width_factor, write_text)
 from .gradflow_plots import plot_gradflow, plot_split, plot_training
-from .gradflow_runs import Config, load_runs, run_experiment, save_runs
+from .gradflow_runs import Config, WorkerDied, load_runs, run_experiment, save_runs
 from .gradflow_stats import plural, summary_lines, write_csv
 
 PROG = "python -m tinygnet.demo gradflow"
@@ -198,9 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in an --out that holds an earlier run, replacing its "
                              "outputs (without it, such an --out is refused)")
+    parser.add_argument("-j", "--jobs", type=positive_int, metavar="N",
+                        help="train N runs at once, each in a worker process on one core; 1 "
+                             "trains them one after another in this process (default: one per "
+                             "CPU core this process may use; 1 on cuda). Not a setting of the "
+                             "experiment (each run is computed the same way): --resume may "
+                             "change it")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars")
     return parser
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the system tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_jobs(device: str) -> int:
+    """Runs at once when --jobs is not given: one per core on the CPU; on a GPU one, the runs
+    sharing the one device."""
+    return usable_cores() if device == "cpu" else 1
 
 
 
@@ -327,12 +356,13 @@ def _run(args, argv, held: contextlib.ExitStack) -> int:
         print(f"resuming {config.out}: {len(finished)} of {plural(total, 'run')} finished and "
               f"kept" + (f", {total - len(finished)} to train" if len(finished) < total
                          else "; the outputs are written again"))
+    jobs = min(args.jobs or default_jobs(config.device), total - len(finished))
+    if jobs > 1:
+        print(f"{jobs} runs at a time, each in a worker process on one core (--jobs)")
     runs_file = os.path.join(config.out, RUNS_FILE)
-    kept = [len(finished)]             # runs saved in runs_file, for the message of a stop
 
     def keep(results):
         save_runs(runs_file, config, results)
-        kept[0] = len(results)
 
     started = time.perf_counter()
     try:
@@ -350,13 +380,18 @@ def _run(args, argv, held: contextlib.ExitStack) -> int:
         # Each step checks its loss (train_run); NumPy's warnings would only repeat it.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             results = run_experiment(config, train_arrays, test_arrays, progress=args.progress,
-                                     finished=finished, keep=keep)
+                                     finished=finished, keep=keep, jobs=jobs)
         write_csv(results, config, os.path.join(config.out, "gradflow.csv"))
         plot_gradflow(results, config, os.path.join(config.out, "gradflow.png"))
         plot_training(results, config, os.path.join(config.out, "gradflow_training.png"))
         plot_split(results, config, os.path.join(config.out, "gradflow_split.png"))
     except TrainingDiverged as error:
         print(f"{PROG}: error: {error}; stopped. Try a smaller --lr (this run: {config.lr:g})",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except WorkerDied as error:    # killed, out of memory...: the finished runs are on disk
+        print(f"{PROG}: error: {error}; {_runs_in(runs_file)} of {plural(total, 'run')} finished, "
+              f"kept in {runs_file}: continue with {PROG} --resume {shlex.quote(config.out)}",
               file=sys.stderr)
         return EXIT_FAILURE
     except OSError as error:       # disk full, a folder made read-only during the run...
@@ -366,8 +401,8 @@ def _run(args, argv, held: contextlib.ExitStack) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the finished runs are on disk
         if not os.path.isfile(runs_file):
             raise
-        print(f"\n{PROG}: stopped; {kept[0]} of {plural(total, 'run')} finished, kept in "
-              f"{runs_file}. Continue with:\n  {PROG} --resume {shlex.quote(config.out)}",
+        print(f"\n{PROG}: stopped; {_runs_in(runs_file)} of {plural(total, 'run')} finished, "
+              f"kept in {runs_file}. Continue with:\n  {PROG} --resume {shlex.quote(config.out)}",
               file=sys.stderr)
         return exit_status(stop)
     print()
@@ -379,6 +414,15 @@ def _run(args, argv, held: contextlib.ExitStack) -> int:
             f"trained in {seconds})")
     print(f"\n{runs}; outputs in {config.out}: {', '.join(OUTPUTS)}")
     return 0
+
+
+def _runs_in(path) -> int:
+    """How many finished runs the runs file holds: read back, as a stop may come between the
+    file's rename and any count kept beside it."""
+    try:
+        return len(load_runs(path)[1])
+    except (OSError, CheckpointError):
+        return 0
 
 
 def _stopped_experiment(args) -> tuple:

@@ -5,23 +5,35 @@ with the same initial weights, (a) with the aux heads and (b) without, and
 ``train_run`` trains each with ``training.train_step``, the CIFAR demo's
 step, recording every layer's gradient norm at every step (and in run (a),
 every ``split_every`` steps, how much of each layer's gradient each head
-supplies). ``run_experiment`` runs the grid and hands each finished run to
-the caller, who keeps it (``save_runs``): an interrupted experiment loses
-only the run it was in, and every run starts from its own seeds, so a run
-trained after a restart is the run an uninterrupted experiment trains.
-``gradflow.py`` is the command line around this, ``gradflow_stats.py`` and
-``gradflow_plots.py`` what is made of the runs.
+supplies). ``train_one`` trains one run of the grid from its own seeds, so a
+run is the same whichever process trains it, in whatever order: after a
+restart, or beside the others. ``run_experiment`` runs the grid, one run
+after another in this process, or (``jobs`` > 1) several at once in worker
+processes, each on one core (``train_in_workers``); it hands each finished
+run to the caller, who keeps it (``save_runs``): an interrupted experiment
+loses only the runs it was in. ``gradflow.py`` is the command line around
+this, ``gradflow_stats.py`` and ``gradflow_plots.py`` what is made of the
+runs.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
 import time
+import traceback
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import backend
+from .. import backend, set_num_threads
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import DataLoader
 from ..diagnostics import GradientMonitor, LayerSplit, split_backward
@@ -76,6 +88,12 @@ class Config:
         return [(init, run, seed) for seed in self.seed_list for init in self.init for run in RUNS]
 
 
+def run_label(key) -> str:
+    """"he, with aux heads, seed 0" for the run ``key`` = (init, run, seed)."""
+    init, run, seed = key
+    return f"{init}, {RUN_LABELS[run]}, seed {seed}"
+
+
 @dataclasses.dataclass
 class RunResult:
     """What one run measured. Rows of ``grad_norms`` are steps, columns ``layers``."""
@@ -91,7 +109,7 @@ class RunResult:
 
     @property
     def label(self) -> str:
-        return f"{self.init}, {RUN_LABELS[self.run]}, seed {self.seed}"
+        return run_label((self.init, self.run, self.seed))
 
     def norms(self, layer) -> np.ndarray:
         """The gradient norm of ``layer`` at every step."""
@@ -117,8 +135,11 @@ def build_models(config: Config, init: str, seed: int):
 
 
 def train_run(model, init: str, run: str, seed: int, config: Config, images, labels,
-              progress=True) -> RunResult:
-    """``config.steps`` steps of SGD, recording losses and per-layer gradient norms each step."""
+              progress=True, on_step=None) -> RunResult:
+    """``config.steps`` steps of SGD, recording losses and per-layer gradient norms each step.
+
+    ``on_step()``, if given, is called after each step (a worker reports its progress so).
+    """
     xp = backend.cupy_or_none() if config.device != "cpu" else np
     aux = run == "aux"
     # The same dropout stream to start with. Run (a)'s aux heads draw their masks from it
@@ -127,7 +148,7 @@ def train_run(model, init: str, run: str, seed: int, config: Config, images, lab
     optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     monitor = GradientMonitor(model)
     trunk = [layer for layer in dict.fromkeys(monitor.layers) if layer not in AUX_HEADS]
-    label = f"{init}, {RUN_LABELS[run]}, seed {seed}"
+    label = run_label((init, run, seed))
     losses, splits = [], []
 
     def backward(parts):
@@ -157,6 +178,8 @@ def train_run(model, init: str, run: str, seed: int, config: Config, images, lab
             if step % 10 == 0 or step == config.steps - 1:
                 bar.set_postfix_str(f"loss {float(parts.total.item()):.3f}", refresh=False)
             bar.update()
+            if on_step is not None:
+                on_step()
     seconds = time.perf_counter() - started
     losses = backend.to_numpy(xp.stack(losses)).astype(np.float64)
     layers = list(monitor.history[0].by_layer())
@@ -180,38 +203,217 @@ def main_head_accuracy(model, config: Config, images, labels) -> float:
     return accuracy
 
 
+def train_one(config: Config, key, train, test=None, progress=True, on_step=None) -> RunResult:
+    """The run ``key`` = (init, run, seed), from its own seeds; its main head scored on ``test``.
+
+    ``train`` and ``test`` are (images, labels) pairs; ``test`` None, or
+    ``config.test_images`` 0, leaves ``test_acc`` None.
+    """
+    init, run, seed = key
+    # Both networks, as build_models draws them (the one without heads takes the other's
+    # trunk): the run's weights are those of an experiment that trains both.
+    model = dict(zip(RUNS, build_models(config, init, seed)))[run]
+    result = train_run(model, init, run, seed, config, *train, progress=progress, on_step=on_step)
+    if test is not None and config.test_images > 0:
+        result.test_acc = main_head_accuracy(model, config, *test)
+    return result
+
+
 def run_experiment(config: Config, train, test=None, progress=True, log=print, finished=None,
-                   keep=None) -> dict:
+                   keep=None, jobs=1) -> dict:
     """Every run of the grid; returns {(init, run, seed): RunResult}, in the grid's order.
 
     ``finished``: runs already done ({key: RunResult}, from an interrupted
-    experiment): taken as they are, not trained again. ``keep(results)`` is
-    called after each run trained, with every result so far. Raises
-    ``TrainingDiverged`` as soon as a run's loss is not finite.
+    experiment): taken as they are, not trained again. ``jobs``: how many
+    runs to train at once; 1 trains them one after another in this process,
+    more in as many worker processes (``train_in_workers``; never more than
+    the runs to train). ``keep(results)`` is called as each run ends, with
+    every run finished so far, in the grid's order, whichever ended first.
+    Raises ``TrainingDiverged`` as soon as a run's loss is not finite.
     """
-    images, labels = train
     finished = finished or {}
-    results = {}
-    for seed in config.seed_list:
-        for init in config.init:
-            todo = [run for run in RUNS if (init, run, seed) not in finished]
-            models = dict(zip(RUNS, build_models(config, init, seed))) if todo else {}
-            for run in RUNS:
-                if run not in todo:
-                    results[init, run, seed] = finished[init, run, seed]
-                    log(f"{results[init, run, seed].label}: kept from the interrupted experiment")
-                    continue
-                result = train_run(models[run], init, run, seed, config, images, labels,
-                                   progress=progress)
-                if test is not None and config.test_images > 0:
-                    result.test_acc = main_head_accuracy(models[run], config, *test)
-                accuracy = "" if result.test_acc is None else f", test accuracy {result.test_acc:.1%}"
-                log(f"{result.label}: {config.steps} steps in {result.seconds:.1f} s, main loss "
-                    f"{result.losses[-1, 1]:.3f}{accuracy}")
-                results[init, run, seed] = result
-                if keep is not None:
-                    keep(results)
-    return results
+    results = {}                     # every finished run, kept or trained, in the order it ended
+    for key in config.grid():
+        if key in finished:
+            results[key] = finished[key]
+            log(f"{results[key].label}: kept from the interrupted experiment")
+    todo = [key for key in config.grid() if key not in finished]
+
+    def in_grid_order():
+        return {key: results[key] for key in config.grid() if key in results}
+
+    def collect(key, result):
+        accuracy = "" if result.test_acc is None else f", test accuracy {result.test_acc:.1%}"
+        log(f"{result.label}: {config.steps} steps in {result.seconds:.1f} s, main loss "
+            f"{result.losses[-1, 1]:.3f}{accuracy}")
+        results[key] = result
+        if keep is not None:
+            keep(in_grid_order())
+
+    jobs = min(jobs, len(todo))
+    if jobs > 1:
+        train_in_workers(config, todo, train, test, jobs, collect, progress=progress)
+    else:
+        for key in todo:
+            collect(key, train_one(config, key, train, test, progress=progress))
+    return in_grid_order()
+
+
+# ==========================================================================
+# Runs side by side: worker processes, each on one core
+# ==========================================================================
+# The parent hands each worker a run's key through a pipe and gets back its RunResult (and,
+# with progress bars, a message after every step); a free worker takes the next run. Each
+# worker trains on one thread: tinygnet's own (set_num_threads(1)) and BLAS's, which must be
+# held to one thread before NumPy loads it, so through the environment the worker starts with.
+ONE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended without sending its run's result (killed, out of memory...)."""
+
+
+class WorkerTraceback(Exception):
+    """The traceback, as text, of an error raised in a worker: the cause of the same error
+    raised again in the parent (as ``concurrent.futures`` shows a worker's error)."""
+
+    def __str__(self):
+        return "\n\nin the worker process:\n" + self.args[0]
+
+
+def train_in_workers(config: Config, todo, train, test, jobs: int, collect, progress=True) -> None:
+    """Train the runs ``todo`` (keys) in ``jobs`` worker processes, each run handed to the next
+    free worker in ``todo``'s order; ``collect(key, result)`` as each run ends, in the order
+    they end. An error in a run is raised here; so is ``WorkerDied``. However this ends
+    (Ctrl-C and SIGTERM too), every worker is ended with it: the runs in progress are lost.
+    """
+    # spawn: each worker a fresh interpreter. A fork would copy this process's threads'
+    # state (tinygnet's thread pool, BLAS's) without the threads.
+    context = multiprocessing.get_context("spawn")
+    waiting, busy, workers = list(todo), {}, []     # busy: {connection: (process, key)}
+
+    def hand_out(connection, process):
+        """The next run to the worker at ``connection``."""
+        busy[connection] = process, waiting.pop(0)
+        # A worker that died since its last message cannot take it: the wait below finds its
+        # pipe closed, and says so.
+        with contextlib.suppress(ConnectionError):
+            connection.send(busy[connection][1])
+
+    bar = tqdm(total=len(todo) * config.steps, unit="step", dynamic_ncols=True,
+               desc=f"{len(todo)} runs, {jobs} at a time", disable=not progress)
+    try:
+        with bar:
+            for _ in range(min(jobs, len(todo))):
+                process, connection = start_worker(context, config, train, test, progress)
+                workers.append(process)
+                hand_out(connection, process)
+            while busy:
+                for connection in multiprocessing.connection.wait(list(busy)):
+                    process, key = busy[connection]
+                    try:
+                        message, value = connection.recv()
+                    except (EOFError, ConnectionError):    # the worker ended: its pipe closed
+                        raise WorkerDied(worker_death(process, key)) from None
+                    if message == "step":
+                        bar.update()
+                    elif message == "failed":
+                        error, text = value
+                        raise error from WorkerTraceback(text)
+                    else:                       # "done": value is the run's RunResult
+                        with bar.external_write_mode():     # a line printed clear of the bar
+                            collect(key, value)
+                        del busy[connection]
+                        if waiting:
+                            hand_out(connection, process)
+    finally:
+        for process in workers:
+            process.kill()                      # nothing to lose: finished runs are collected
+            process.join()
+
+
+def start_worker(context, config: Config, train, test, report_steps: bool):
+    """A started worker process (``work``), and the parent's end of its pipe."""
+    ours, theirs = context.Pipe()
+    process = context.Process(target=work, name="gradflow-worker", daemon=True,
+                              args=(theirs, config, train, test, os.getpid(), report_steps,
+                                    np.geterr()))
+    with _as_a_worker_is_born():
+        process.start()
+    theirs.close()                              # the worker's end: if it dies, ours reads EOF
+    return process, ours
+
+
+@contextlib.contextmanager
+def _as_a_worker_is_born():
+    """The environment and signal mask a process started inside inherits: BLAS on one thread,
+    and Ctrl-C blocked. The terminal sends Ctrl-C to every process of the group, and it is the
+    parent's to handle (it stops the workers and keeps the finished runs). Blocked rather than
+    ignored: a Ctrl-C that comes while a worker starts waits for the parent, not lost."""
+    saved = {name: os.environ.get(name) for name in ONE_THREAD}
+    os.environ.update(ONE_THREAD)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def work(connection, config: Config, train, test, parent: int, report_steps: bool,
+         errors: dict) -> None:
+    """A worker process: train each run whose key the parent sends, and send back
+    ``("done", RunResult)``, or ``("failed", (error, traceback))``; with ``report_steps``, a
+    ``("step", None)`` after each step. Ends when the parent closes the pipe, or dies."""
+    _die_with(parent)
+    set_num_threads(1)            # BLAS is on one thread from birth (ONE_THREAD): one core
+    # A worker draws no bars, so none of tqdm's machinery: its monitor thread, and its
+    # default lock, a named semaphore that a killed worker leaves behind (warned of at exit).
+    tqdm.monitor_interval = 0
+    tqdm.set_lock(threading.RLock())
+    on_step = (lambda: connection.send(("step", None))) if report_steps else None
+    # NumPy's error handling as the parent's: the warnings it silences are silent here too.
+    with np.errstate(**errors), contextlib.suppress(EOFError, BrokenPipeError):
+        while True:
+            key = connection.recv()
+            try:
+                result = train_one(config, key, train, test, progress=False, on_step=on_step)
+            except Exception as error:
+                connection.send(("failed", (error, traceback.format_exc())))
+            else:
+                connection.send(("done", result))
+
+
+def _die_with(parent: int) -> None:
+    """End this process when its parent ends, however it ends: a parent killed by ``kill -9``
+    cleans nothing up, and a worker left training would hold a core for nothing. On Linux the
+    kernel sends this process SIGKILL when the parent ends (``prctl(PR_SET_PDEATHSIG)``);
+    elsewhere a worker ends when its run does, finding the pipe closed."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:    # the parent ended before that took hold
+        os._exit(1)
+
+
+def worker_death(process, key) -> str:
+    """What to say of a worker that ended without its run: "the worker process training run
+    'he, with aux heads, seed 0' ended without it (killed by SIGKILL: out of memory?)"."""
+    process.join(5)
+    code = process.exitcode
+    if code is None:
+        how = "its pipe closed"
+    elif code < 0:
+        how = f"killed by {signal.Signals(-code).name}"
+        if code == -signal.SIGKILL:
+            how += ": out of memory?"
+    else:
+        how = f"exit status {code}"
+    return f"the worker process training run {run_label(key)!r} ended without it ({how})"
 
 
 # ==========================================================================
