@@ -725,3 +725,11 @@ def test_resume_from_a_checkpoint_of_other_shapes_is_one_short_line(fake_cifar, 
     err = capsys.readouterr().err
     assert "the checkpoint does not match this run" in err and "wrong shape for conv1.weight" in err
     assert "more)" in err and len(err) < 700 and err.count("\n") == 1
+
+
+def test_the_header_counts_the_cores_the_run_may_use(monkeypatch):
+    """Under `taskset -c 0` a run has one core (and one thread), whatever the machine has."""
+    monkeypatch.setattr(cifar.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert cifar._device_name("cpu") == "CPU (1 core)"
+    monkeypatch.setattr(cifar.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert cifar._device_name("cpu") == "CPU (3 cores)"
