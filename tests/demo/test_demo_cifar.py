@@ -464,12 +464,14 @@ def test_a_stop_in_the_final_test_says_training_is_saved_and_resume_tests_again(
     out, real_evaluate = tmp_path / "run", training.evaluate
 
     def stopped_in_the_final_test(*args, tta, **kwargs):
-        if tta == "shifts":
+        if tta == "none":
             signal.raise_signal(signum)
         return real_evaluate(*args, tta=tta, **kwargs)
 
+    # The image alone is not a continuation of the mirror's views: a test of its own, after
+    # training (the 6 views after the mirror are tested with the last epoch, the next test).
     monkeypatch.setattr(training, "evaluate", stopped_in_the_final_test)
-    argv = SMALL + ["--data", fake_cifar, "--out", str(out), "--tta", "none", "--final-tta", "shifts"]
+    argv = SMALL + ["--data", fake_cifar, "--out", str(out), "--tta", "mirror", "--final-tta", "none"]
     assert cifar.main(argv) == 128 + signum
     checkpoint = out / "checkpoint.npz"
     assert capsys.readouterr().err == (
@@ -481,8 +483,30 @@ def test_a_stop_in_the_final_test_says_training_is_saved_and_resume_tests_again(
     assert cifar.main(["--resume", str(checkpoint), "--data", fake_cifar, "--device", "cpu",
                        "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["final_test"]["tta"] == "shifts" and results["each_epoch"]["tta"] == "none"
+    assert results["final_test"]["tta"] == "none" and results["each_epoch"]["tta"] == "mirror"
     assert f"test accuracy {100 * results['final_test']['accuracy']:.2f}%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_in_the_last_epochs_test_finishes_the_run(fake_cifar, fast_plots, tmp_path,
+                                                         monkeypatch, capsys, signum):
+    """The last epoch's test runs the final 6 views too; a stop during it comes when every
+    step is trained: the run ends as it would have, results.json and all, nothing lost."""
+    from tinygnet.demo import training
+    out, real_evaluate_heads, stops = tmp_path / "run", training.evaluate_heads, []
+
+    def stopped_in_the_last_test(*args, final_tta=None, **kwargs):
+        if final_tta is not None:
+            stops.append(final_tta)
+            signal.raise_signal(signum)
+        return real_evaluate_heads(*args, final_tta=final_tta, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_heads", stopped_in_the_last_test)
+    argv = SMALL + ["--data", fake_cifar, "--out", str(out), "--tta", "mirror", "--final-tta", "shifts"]
+    assert cifar.main(argv) == 0 and stops == ["shifts"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["final_test"]["accuracy"] == _final_views_accuracy(out)
+    assert "final weights on 6 views" in capsys.readouterr().out
 
 
 def _final_views_accuracy(out) -> float:
