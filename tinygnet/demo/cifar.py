@@ -16,7 +16,8 @@ What one run does:
    with the main head only in eval mode, write ``checkpoint.npz``, then
    ``best.npz`` when the test accuracy improves, then ``metrics.csv``,
    ``curves.png`` and ``per_class.png``, each file atomically;
-4. at the end test the final weights on ``--final-tta``'s views, write
+4. at the end test the final weights on ``--final-tta``'s views (when they
+   continue ``--tta``'s, as the defaults do, the last epoch's test has run them), write
    ``results.json`` (each accuracy with the views it averaged) and print the
    final and best test accuracy, the time and the per-class accuracy.
 
