@@ -13,7 +13,7 @@ What one run does:
    learning-rate schedule and optionally an EMA of the weights;
 3. each epoch (``run.Trainer``, around the loop of ``training.py``): train
    with a progress bar (loss and its main/aux1/aux2 parts, images/s), test
-   with the main head only in eval mode, write ``checkpoint.npz``, then
+   in eval mode (the main head, and each aux head alone), write ``checkpoint.npz``, then
    ``best.npz`` when the test accuracy improves, then ``metrics.csv``,
    ``curves.png`` and ``per_class.png``, each file atomically;
 4. at the end test the final weights on ``--final-tta``'s views (when they
