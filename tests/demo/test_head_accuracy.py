@@ -193,11 +193,20 @@ def test_one_pass_gives_the_epoch_test_and_the_final_views(tta, final_tta):
     assert (alone.confusion == both.confusion).all() and math.isnan(alone.final_accuracy)
 
 
-def test_final_views_must_begin_with_the_epoch_views(tmp_path):
+@pytest.mark.parametrize("tta, final_tta", [("mirror", "none"), ("shifts", "mirror"),
+                                            ("mirror", "mirror")])
+def test_final_views_must_begin_with_the_epoch_views_and_add_more(tmp_path, tta, final_tta):
+    assert not training.continues(final_tta, tta)
     trainer = quiet_trainer(tiny_config(tmp_path), tiny_data())
     with pytest.raises(ValueError, match="does not begin with"):
-        training.evaluate_heads(trainer.model, trainer.test_loader, "cpu", 10, tta="mirror",
-                                final_tta="none")
+        training.evaluate_heads(trainer.model, trainer.test_loader, "cpu", 10, tta=tta,
+                                final_tta=final_tta)
+
+
+def test_each_view_list_continues_the_shorter_ones():
+    """none -> mirror -> shifts: the defaults' final test can go on from each epoch's."""
+    assert training.continues("mirror", "none") and training.continues("shifts", "none")
+    assert training.continues("shifts", "mirror")
 
 
 def test_the_final_test_is_not_run_twice(tmp_path, monkeypatch):

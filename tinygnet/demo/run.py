@@ -39,7 +39,6 @@ from ..models import GoogLeNet
 from ..optim import EMA, SGD, Adam, AdamW, CosineAnnealingLR, OneCycleLR, StepLR
 from . import training
 from .common import Interrupted, TrainingDiverged, UsageError, describe_loss, write_text
-from .training import TTA_VIEWS
 from .training import RunningMetrics
 
 __all__ = ["Trainer", "StopRequested", "make_optimizer", "make_schedule", "OUTPUTS", "PLOTS",
@@ -293,10 +292,8 @@ class Trainer:
         already run are not run twice. Otherwise ``final_accuracy`` is NaN.
         """
         config = self.config
-        views = TTA_VIEWS[config.tta]
         final_tta = (config.final_tta if with_final_views and
-                     TTA_VIEWS[config.final_tta][:len(views)] == views and
-                     len(TTA_VIEWS[config.final_tta]) > len(views) else None)
+                     training.continues(config.final_tta, config.tta) else None)
         averaged = self.ema.averaged() if self.ema is not None else nullcontext()
         with averaged:
             return training.evaluate_heads(self.model, self.test_loader, config.device,

@@ -32,7 +32,8 @@ from .. import backend
 from ..models import googlenet_loss
 from ..tensor import Tensor, no_grad
 
-__all__ = ["train_step", "train_epoch", "evaluate", "evaluate_heads", "Evaluation", "RunningMetrics",
+__all__ = ["train_step", "train_epoch", "evaluate", "evaluate_heads", "continues", "Evaluation",
+           "RunningMetrics",
            "TTA_VIEWS", "TTA_LABELS", "TTA_DESCRIPTIONS"]
 
 
@@ -147,10 +148,18 @@ def evaluate_heads(model, loader, device, num_classes, tta="none", final_tta=Non
     return _test(model, loader, device, num_classes, tta, aux=True, final_tta=final_tta)
 
 
+def continues(final_tta, tta) -> bool:
+    """Do ``final_tta``'s views begin with ``tta``'s and add more (mirror, then shifts)?
+    Then one pass of ``evaluate_heads(..., final_tta=final_tta)`` tests both."""
+    views, final_views = TTA_VIEWS[tta], TTA_VIEWS[final_tta]
+    return len(final_views) > len(views) and final_views[:len(views)] == views
+
+
 def _test(model, loader, device, num_classes, tta, aux, final_tta=None) -> Evaluation:
     first = len(TTA_VIEWS[tta])            # views of the accuracy; final_tta's go on from them
-    if final_tta is not None and TTA_VIEWS[final_tta][:first] != TTA_VIEWS[tta]:
-        raise ValueError(f"final_tta={final_tta!r} does not begin with tta={tta!r}'s views")
+    if final_tta is not None and not continues(final_tta, tta):
+        raise ValueError(f"final_tta={final_tta!r} does not begin with tta={tta!r}'s views "
+                         f"and add more")
     model.eval()
     predictions, final_predictions, aux_predictions = [], [], {"aux1": [], "aux2": []}
     with no_grad():                    # no graph: nothing is kept for a backward pass
