@@ -33,8 +33,7 @@ from ..models import googlenet_loss
 from ..tensor import Tensor, no_grad
 
 __all__ = ["train_step", "train_epoch", "evaluate", "evaluate_heads", "continues", "Evaluation",
-           "RunningMetrics",
-           "TTA_VIEWS", "TTA_LABELS", "TTA_DESCRIPTIONS"]
+           "RunningMetrics", "TTA_VIEWS", "TTA_LABELS", "TTA_DESCRIPTIONS"]
 
 
 def train_step(model, images, labels, optimizer, device, aux_weight=0.3, label_smoothing=0.0,
