@@ -68,6 +68,7 @@ from .common import (TrainingDiverged, UsageError, claim_out_folder, default_out
                      probability, resolve_device, sigterm_interrupts, width_factor, write_text)
 from .run import CHECKPOINT_KIND, OUTPUTS, Trainer
 from .training import TTA_DESCRIPTIONS, TTA_VIEWS
+from .workers import WorkerDied
 
 PROG = "python -m tinygnet.demo cifar"
 
@@ -90,14 +91,14 @@ CPU_DEFAULTS = dict(
     optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4,
     schedule="onecycle", label_smoothing=0.1, aux_weight=0.3,
     dropout=0.0, aux_dropout=0.7, crop_padding=2, tta="mirror", final_tta="shifts", ema=0.0,
-    log_every=1,
+    log_every=1, processes=2,
 )
 GPU_DEFAULTS = dict(
     width=1.0, stem_stride=1, batchnorm=True, epochs=30, batch_size=128,
     optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
     schedule="onecycle", label_smoothing=0.1, aux_weight=0.3,
     dropout=0.4, aux_dropout=0.7, crop_padding=4, tta="mirror", final_tta="shifts", ema=0.0,
-    log_every=25,
+    log_every=25, processes=1,
 )
 # --quick: a few hundred images, one short epoch of a small network.
 QUICK_OVERRIDES = dict(epochs=1, width=0.125, stem_stride=2, batch_size=64,
@@ -146,6 +147,7 @@ class Config:
     crop_padding: int = 4   # random crops of the image zero-padded by this many pixels
     tta: str = "none"       # the views of each test image averaged (TTA_VIEWS)
     final_tta: str = "none"  # ... when the final weights are tested once more
+    processes: int = 1      # parts of each training batch, each in a worker process of its own
 
 
 # Settings that may differ when resuming (where things live, not what is computed).
@@ -153,6 +155,7 @@ RESUMABLE_OVERRIDES = ("device", "data", "download", "out", "log_every")
 
 _ema_decay = number(float, lambda v: 0 <= v < 1, "in [0, 1) (0: off)")
 _crop_padding = number(int, lambda v: 0 <= v <= 16, "an integer from 0 to 16 (half an image)")
+_processes = number(int, lambda v: 1 <= v <= 64, "an integer from 1 to 64")
 
 # What each setting may be: the command line's types and choices, and the check of a saved
 # configuration (``check_saved_config``): one rule for both. None: the field may also be None.
@@ -164,7 +167,8 @@ RULES = dict(
     aux_dropout=probability, label_smoothing=probability, ema=_ema_decay, seed=non_negative_int,
     data=path_text, download=bool, train_images=positive_int, test_images=positive_int,
     eval_batch_size=positive_int, log_every=positive_int, out=path_text, quick=bool, init=INITS,
-    crop_padding=_crop_padding, tta=tuple(TTA_VIEWS), final_tta=tuple(TTA_VIEWS))
+    crop_padding=_crop_padding, tta=tuple(TTA_VIEWS), final_tta=tuple(TTA_VIEWS),
+    processes=_processes)
 OPTIONAL = ("train_images", "test_images")     # None: all the images
 
 
@@ -230,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="steps between reads of the losses, for the progress bar and to stop "
                           "a diverging run: each read waits for the GPU (default: 1 on the CPU, "
                           "25 on a GPU)")
+    run.add_argument("--processes", type=RULES["processes"], metavar="N",
+                     help="train each batch in N parts side by side, each in a worker process "
+                          "of its own on one core (CPU only). Batch norm normalises each part "
+                          "by its own statistics, so N belongs to the recipe, as the batch size "
+                          "does; 1: one process and its threads" + _defaults("processes"))
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bar (the per-epoch lines are still printed)")
 
@@ -477,7 +486,9 @@ def _run(argv, held: contextlib.ExitStack) -> int:
           f"stem stride {config.stem_stride}, batch norm {'on' if config.batchnorm else 'off'}, "
           f"{config.init} init, aux heads {'on' if config.aux else 'off'}, {params:,} parameters; "
           f"{len(train)} training and {len(test)} test images; {_plural(config.epochs, 'epoch')} of "
-          f"{_plural(len(trainer.train_loader), 'step')}; testing the main head on "
+          f"{_plural(len(trainer.train_loader), 'step')}"
+          + (f" (each batch in {config.processes} parts side by side, a process each)"
+             if config.processes > 1 else "") + "; testing the main head on "
           f"{TTA_DESCRIPTIONS[config.tta]}"
           + (f", the final weights also on {TTA_DESCRIPTIONS[config.final_tta]}"
              if config.final_tta != config.tta else ""))
@@ -508,6 +519,9 @@ def _run(argv, held: contextlib.ExitStack) -> int:
         print(f"{PROG}: error: the run diverged: {error}. Stopped without saving it "
               f"({_what_is_kept(checkpoint)}); try a smaller --lr (this run: {config.lr:g})",
               file=sys.stderr)
+        return EXIT_FAILURE
+    except WorkerDied as error:           # a worker of --processes killed, out of memory...
+        print(f"{PROG}: error: {error}; {_what_is_kept(checkpoint)}", file=sys.stderr)
         return EXIT_FAILURE
     except OSError as error:              # disk full, a folder made read-only during the run...
         print(f"{PROG}: error: cannot write {error.filename or config.out}: {error.strerror}; "

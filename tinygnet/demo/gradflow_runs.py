@@ -18,15 +18,11 @@ runs.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import signal
-import sys
-import threading
 import time
 import traceback
 
@@ -41,6 +37,8 @@ from ..models import GoogLeNet
 from ..optim import SGD
 from .common import TrainingDiverged, describe_loss
 from .training import evaluate, train_step
+from .workers import (WorkerDied, WorkerTraceback, die_with, how_it_ended, quiet_tqdm,
+                      start_process)
 
 RUNS = ("aux", "no_aux")
 RUN_LABELS = {"aux": "with aux heads", "no_aux": "without aux heads"}
@@ -264,21 +262,7 @@ def run_experiment(config: Config, train, test=None, progress=True, log=print, f
 # ==========================================================================
 # The parent hands each worker a run's key through a pipe and gets back its RunResult (and,
 # with progress bars, a message after every step); a free worker takes the next run. Each
-# worker trains on one thread: tinygnet's own (set_num_threads(1)) and BLAS's, which must be
-# held to one thread before NumPy loads it, so through the environment the worker starts with.
-ONE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
-
-
-class WorkerDied(RuntimeError):
-    """A worker process ended without sending its run's result (killed, out of memory...)."""
-
-
-class WorkerTraceback(Exception):
-    """The traceback, as text, of an error raised in a worker: the cause of the same error
-    raised again in the parent (as ``concurrent.futures`` shows a worker's error)."""
-
-    def __str__(self):
-        return "\n\nin the worker process:\n" + self.args[0]
+# worker is born on one core (workers.py).
 
 
 def train_in_workers(config: Config, todo, train, test, jobs: int, collect, progress=True) -> None:
@@ -335,33 +319,11 @@ def train_in_workers(config: Config, todo, train, test, jobs: int, collect, prog
 def start_worker(context, config: Config, train, test, report_steps: bool):
     """A started worker process (``work``), and the parent's end of its pipe."""
     ours, theirs = context.Pipe()
-    process = context.Process(target=work, name="gradflow-worker", daemon=True,
-                              args=(theirs, config, train, test, os.getpid(), report_steps,
-                                    np.geterr()))
-    with _as_a_worker_is_born():
-        process.start()
+    process = start_process(context, work, name="gradflow-worker",
+                            args=(theirs, config, train, test, os.getpid(), report_steps,
+                                  np.geterr()))
     theirs.close()                              # the worker's end: if it dies, ours reads EOF
     return process, ours
-
-
-@contextlib.contextmanager
-def _as_a_worker_is_born():
-    """The environment and signal mask a process started inside inherits: BLAS on one thread,
-    and Ctrl-C blocked. The terminal sends Ctrl-C to every process of the group, and it is the
-    parent's to handle (it stops the workers and keeps the finished runs). Blocked rather than
-    ignored: a Ctrl-C that comes while a worker starts waits for the parent, not lost."""
-    saved = {name: os.environ.get(name) for name in ONE_THREAD}
-    os.environ.update(ONE_THREAD)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def work(connection, config: Config, train, test, parent: int, report_steps: bool,
@@ -369,12 +331,9 @@ def work(connection, config: Config, train, test, parent: int, report_steps: boo
     """A worker process: train each run whose key the parent sends, and send back
     ``("done", RunResult)``, or ``("failed", (error, traceback))``; with ``report_steps``, a
     ``("step", None)`` after each step. Ends when the parent closes the pipe, or dies."""
-    _die_with(parent)
+    die_with(parent)
     set_num_threads(1)            # BLAS is on one thread from birth (ONE_THREAD): one core
-    # A worker draws no bars, so none of tqdm's machinery: its monitor thread, and its
-    # default lock, a named semaphore that a killed worker leaves behind (warned of at exit).
-    tqdm.monitor_interval = 0
-    tqdm.set_lock(threading.RLock())
+    quiet_tqdm()                  # a worker draws no bars
     on_step = (lambda: connection.send(("step", None))) if report_steps else None
     # NumPy's error handling as the parent's: the warnings it silences are silent here too.
     with np.errstate(**errors), contextlib.suppress(EOFError, BrokenPipeError):
@@ -388,32 +347,11 @@ def work(connection, config: Config, train, test, parent: int, report_steps: boo
                 connection.send(("done", result))
 
 
-def _die_with(parent: int) -> None:
-    """End this process when its parent ends, however it ends: a parent killed by ``kill -9``
-    cleans nothing up, and a worker left training would hold a core for nothing. On Linux the
-    kernel sends this process SIGKILL when the parent ends (``prctl(PR_SET_PDEATHSIG)``);
-    elsewhere a worker ends when its run does, finding the pipe closed."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:    # the parent ended before that took hold
-        os._exit(1)
-
-
 def worker_death(process, key) -> str:
     """What to say of a worker that ended without its run: "the worker process training run
     'he, with aux heads, seed 0' ended without it (killed by SIGKILL: out of memory?)"."""
-    process.join(5)
-    code = process.exitcode
-    if code is None:
-        how = "its pipe closed"
-    elif code < 0:
-        how = f"killed by {signal.Signals(-code).name}"
-        if code == -signal.SIGKILL:
-            how += ": out of memory?"
-    else:
-        how = f"exit status {code}"
-    return f"the worker process training run {run_label(key)!r} ended without it ({how})"
+    return (f"the worker process training run {run_label(key)!r} ended without it "
+            f"({how_it_ended(process)})")
 
 
 # ==========================================================================

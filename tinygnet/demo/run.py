@@ -39,6 +39,7 @@ from ..models import GoogLeNet
 from ..optim import EMA, SGD, Adam, AdamW, CosineAnnealingLR, OneCycleLR, StepLR
 from . import training
 from .common import Interrupted, TrainingDiverged, UsageError, describe_loss, write_text
+from .parallel import DataParallel
 from .training import RunningMetrics
 
 __all__ = ["Trainer", "StopRequested", "make_optimizer", "make_schedule", "OUTPUTS", "PLOTS",
@@ -119,11 +120,15 @@ class Trainer:
                                        padding=config.crop_padding)
         self.test_loader = DataLoader(test, config.eval_batch_size, shuffle=False, augment=False,
                                       seed=0)
-        self.model = GoogLeNet(num_classes=len(self.classes), config="cifar", aux=config.aux,
+        if config.processes > 1 and config.device != "cpu":
+            raise UsageError(f"--processes {config.processes} trains on the CPU only; on "
+                             f"{config.device} use --processes 1")
+        # What the network is: the worker processes of --processes build the same one.
+        self.model_args = dict(num_classes=len(self.classes), config="cifar", aux=config.aux,
                                width=config.width, batchnorm=config.batchnorm,
                                dropout=config.dropout, aux_dropout=config.aux_dropout,
-                               stem_stride=config.stem_stride, init=config.init
-                               ).to(config.device)
+                               stem_stride=config.stem_stride, init=config.init)
+        self.model = GoogLeNet(**self.model_args).to(config.device)
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = make_schedule(config, self.optimizer, len(self.train_loader))
         self.ema = (EMA(self.model.parameters(), decay=config.ema, buffers=self.model.buffers())
@@ -137,6 +142,7 @@ class Trainer:
         self.train_seconds = 0.0  # time spent training in the current epoch (across a resume)
         self.final_test = None    # (accuracy, seconds) on --final-tta's views, from the last test
         self.stop = StopRequested()
+        self.parallel = None      # while fit() runs with --processes > 1: its DataParallel
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -213,7 +219,7 @@ class Trainer:
         # The run checks its losses and weights itself (check_losses, check_weights); NumPy's
         # warnings about the same NaNs and overflows would only say it less clearly.
         with self.stop.installed(self.log), np.errstate(over="ignore", invalid="ignore",
-                                                        divide="ignore"):
+                                                        divide="ignore"), self._workers():
             while self.epoch < config.epochs:
                 if not self.train_epoch():
                     return self.summary(interrupted=True, checkpoint=self.save())
@@ -231,6 +237,19 @@ class Trainer:
                                         checkpoint=os.path.join(config.out, "checkpoint.npz"))
         return self.summary(interrupted=False)
 
+    @contextmanager
+    def _workers(self):
+        """With --processes > 1: the worker processes that train each batch's parts
+        (``self.parallel``), started here and ended when training ends."""
+        if self.config.processes == 1:
+            yield
+            return
+        with DataParallel(self.model_args, self.config.processes) as self.parallel:
+            try:
+                yield
+            finally:
+                self.parallel = None
+
     def train_epoch(self) -> bool:
         """Train through the rest of the current epoch; False if stopped part-way.
 
@@ -244,7 +263,9 @@ class Trainer:
         started = time.perf_counter()
         steps = training.train_epoch(self.model, self.train_loader, self.optimizer, self.scheduler,
                                      self.running, config.device, aux_weight=config.aux_weight,
-                                     label_smoothing=config.label_smoothing, ema=self.ema)
+                                     label_smoothing=config.label_smoothing, ema=self.ema,
+                                     step=(self.parallel.train_step if self.parallel is not None
+                                           else training.train_step))
         bar = tqdm(total=len(self.train_loader.labels), initial=self.running.images, unit="img",
                    desc=f"epoch {self.epoch + 1}/{config.epochs}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)

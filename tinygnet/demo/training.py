@@ -64,7 +64,7 @@ def train_step(model, images, labels, optimizer, device, aux_weight=0.3, label_s
 
 
 def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight=0.3,
-                label_smoothing=0.0, ema=None):
+                label_smoothing=0.0, ema=None, step=train_step):
     """Train on the rest of the current epoch of ``loader``; yield each step's losses.
 
     A generator: after every step it yields the step's ``GoogLeNetLoss``
@@ -74,11 +74,13 @@ def train_epoch(model, loader, optimizer, scheduler, metrics, device, aux_weight
     exactly. ``scheduler`` is stepped every step; ``ema`` (an ``EMA`` or
     None) is updated after it; ``metrics`` (a ``RunningMetrics``) adds the
     step's losses and correct predictions without reading them back.
+    ``step`` trains one batch: ``train_step``, or ``DataParallel.train_step``
+    (``parallel.py``: the batch cut into parts, one worker process each).
     """
     model.train()                      # dropout on, batch norm on batch statistics, aux heads on
     for images, labels in loader:      # a loader resumed mid-epoch starts at the next batch
-        losses, outputs = train_step(model, images, labels, optimizer, device, aux_weight,
-                                     label_smoothing)
+        losses, outputs = step(model, images, labels, optimizer, device, aux_weight,
+                               label_smoothing)
         scheduler.step()               # the learning rate of the next step
         if ema is not None:
             ema.update()               # move the averaged weights towards the new ones
