@@ -21,8 +21,11 @@ of ``training.train_step``):
 
 The parent owns the model, the optimiser and everything a checkpoint holds;
 a worker keeps nothing from one step to the next (the weights come with each
-step), so checkpoints, resuming and the test after each epoch are those of a
-one-process run, and the test runs in the parent, on its threads.
+step), so checkpoints and resuming are those of a one-process run. The test
+after each epoch is cut the same way (``DataParallel.predict_classes``): each
+worker predicts the classes of its part of the test images, and since an
+image's prediction depends on that image alone, the numbers are those one
+process gets.
 
 What the number of parts changes (so it belongs to a run's configuration,
 as the batch size does): batch norm normalises each part by the part's own
@@ -43,8 +46,10 @@ import traceback
 import numpy as np
 
 from .. import backend, set_num_threads
+from ..data import DataLoader
 from ..models import GoogLeNet, GoogLeNetLoss, GoogLeNetOutputs, googlenet_loss
 from ..tensor import Tensor
+from .training import predict_classes
 from .workers import WorkerDied, WorkerTraceback, die_with, how_it_ended, start_process
 
 __all__ = ["DataParallel", "part_sizes"]
@@ -120,8 +125,8 @@ class DataParallel:
                 continue
             part = slice(start, start + size)
             start += size
-            self._send(process, connection, ("step", int(seed), aux_weight, label_smoothing,
-                                             weights, statistics, images[part], labels[part]))
+            self._send(process, connection, ("step", weights, statistics, images[part],
+                                             labels[part], int(seed), aux_weight, label_smoothing))
             sent.append((process, connection, size))
         replies = [self._receive(process, connection) for process, connection, _ in sent]
 
@@ -136,7 +141,7 @@ class DataParallel:
             b.data[...] = updated      # the first part's running statistics (DDP keeps rank 0's)
         losses = GoogLeNetLoss(*[
             None if replies[0]["losses"][i] is None else
-            Tensor(np.float32(sum(share * reply["losses"][i]
+            Tensor(np.asarray(sum(share * reply["losses"][i]
                                   for share, reply in zip(shares, replies))))
             for i in range(len(GoogLeNetLoss._fields))])
         outputs = GoogLeNetOutputs(*[
@@ -145,6 +150,33 @@ class DataParallel:
             for i in range(len(GoogLeNetOutputs._fields))])
         optimizer.step()
         return losses, outputs
+
+    def predict_classes(self, model, loader, device="cpu", tta="none", aux=False,
+                        final_tta=None) -> dict:
+        """``training.predict_classes`` with the test images cut into parts, one per worker:
+        the same predictions (each image's depends on it alone), in the loader's order."""
+        if device != "cpu":
+            raise ValueError(f"DataParallel tests on the CPU only, got device {device!r}")
+        if loader.shuffle or loader.augment:
+            raise ValueError("DataParallel.predict_classes needs a test loader: no shuffling, "
+                             "no augmentation")
+        weights = _flatten([p.data for p in model.parameters()])
+        statistics = _flatten([b.data for b in model.buffers()])
+        start, sent = 0, []
+        for (process, connection), size in zip(self.workers, part_sizes(len(loader.labels),
+                                                                       self.processes)):
+            if size == 0:
+                continue
+            part = slice(start, start + size)
+            start += size
+            self._send(process, connection, ("predict", weights, statistics,
+                                             loader.images[part], loader.labels[part],
+                                             loader.batch_size, loader.normalize, tta, aux,
+                                             final_tta))
+            sent.append((process, connection))
+        replies = [self._receive(process, connection) for process, connection in sent]
+        return {key: None if replies[0][key] is None else
+                np.concatenate([reply[key] for reply in replies]) for key in replies[0]}
 
     def _send(self, process, connection, message) -> None:
         try:
@@ -164,7 +196,7 @@ class DataParallel:
 
     @staticmethod
     def _death(process) -> str:
-        return (f"the worker process {process.name} ended in the middle of a training step "
+        return (f"the worker process {process.name} ended before its part was done "
                 f"({how_it_ended(process)})")
 
 
@@ -188,9 +220,10 @@ def _unflatten(flat, like) -> list:
 # The worker process
 # ==========================================================================
 def work(connection, model_args: dict, parent: int, errors: dict) -> None:
-    """A worker: build the network, then for each ``("step", ...)`` message train on its part
-    and send back ``("done", reply)`` (``train_part``) or ``("failed", (error, traceback))``.
-    Ends when the parent closes the pipe, or dies."""
+    """A worker: build the network, then for each message do its part, ``("step", ...)``
+    (``train_part``) or ``("predict", ...)`` (``predict_part``), and send back
+    ``("done", reply)`` or ``("failed", (error, traceback))``. Ends when the parent closes
+    the pipe, or dies."""
     die_with(parent)
     set_num_threads(1)            # BLAS is on one thread from birth (ONE_THREAD): one core
     model = GoogLeNet(**model_args)
@@ -198,11 +231,9 @@ def work(connection, model_args: dict, parent: int, errors: dict) -> None:
     # NumPy's error handling as the parent's: the warnings it silences are silent here too.
     with np.errstate(**errors), contextlib.suppress(EOFError, BrokenPipeError):
         while True:
-            _, seed, aux_weight, label_smoothing, weights, statistics, images, labels = \
-                connection.recv()
+            kind, *message = connection.recv()
             try:
-                reply = train_part(model, weights, statistics, images, labels, seed, aux_weight,
-                                   label_smoothing)
+                reply = (train_part if kind == "step" else predict_part)(model, *message)
             except Exception as error:
                 connection.send(("failed", (error, traceback.format_exc())))
             else:
@@ -214,8 +245,34 @@ def train_part(model, weights, statistics, images, labels, seed, aux_weight,
     """Forward, the three-head loss and backward of one part of a batch, on ``model`` given
     the parent's flat ``weights`` and batch-norm running ``statistics``; dropout draws from a
     stream seeded with ``seed``. Returns what the parent needs: the flat gradient, which
-    parameters got none, the losses (floats; None for an absent head), the heads' logits and
+    parameters got none, the losses (None for an absent head), the heads' logits and
     the running statistics as this part's batch statistics updated them."""
+    params, buffers = _load(model, weights, statistics)
+    backend.manual_seed(seed)
+    outputs = model(Tensor(images))                                   # 3 heads: n x classes
+    losses = googlenet_loss(outputs, labels, aux_weight=aux_weight,
+                            label_smoothing=label_smoothing)
+    losses.total.backward()
+    return {"gradient": _flatten([p.data * 0 if p.grad is None else p.grad.data for p in params]),
+            "missing": [p.grad is None for p in params],
+            "losses": [None if part is None else part.data for part in losses],   # 0-d arrays
+            "outputs": [None if head is None else head.data for head in outputs],
+            "buffers": _flatten([b.data for b in buffers])}
+
+
+def predict_part(model, weights, statistics, images, labels, batch_size, normalize, tta, aux,
+                 final_tta) -> dict:
+    """``training.predict_classes`` on one part of the test images (uint8, normalised by the
+    parent's ``normalize``), with the parent's weights and running statistics."""
+    _load(model, weights, statistics)
+    loader = DataLoader((images, labels), batch_size, shuffle=False, augment=False, seed=0)
+    loader.normalize = normalize
+    return predict_classes(model, loader, "cpu", tta, aux, final_tta)
+
+
+def _load(model, weights, statistics):
+    """Set the worker's network to the parent's flat ``weights`` and running ``statistics``,
+    gradients forgotten; returns its (parameters, buffers)."""
     params, buffers = list(model.parameters()), list(model.buffers())
     if params and params[0].dtype != weights.dtype:     # a float64 network (gradient checks)
         model.to(dtype=weights.dtype)
@@ -224,13 +281,4 @@ def train_part(model, weights, statistics, images, labels, seed, aux_weight,
         p.grad = None
     for b, s in zip(buffers, _unflatten(statistics, buffers)):
         b.data[...] = s
-    backend.manual_seed(seed)
-    outputs = model(Tensor(images))                                   # 3 heads: n x classes
-    losses = googlenet_loss(outputs, labels, aux_weight=aux_weight,
-                            label_smoothing=label_smoothing)
-    losses.total.backward()
-    return {"gradient": _flatten([p.data * 0 if p.grad is None else p.grad.data for p in params]),
-            "missing": [p.grad is None for p in params],
-            "losses": [None if part is None else float(part.data) for part in losses],
-            "outputs": [None if head is None else head.data for head in outputs],
-            "buffers": _flatten([b.data for b in buffers])}
+    return params, buffers

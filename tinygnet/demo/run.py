@@ -317,9 +317,10 @@ class Trainer:
                      training.continues(config.final_tta, config.tta) else None)
         averaged = self.ema.averaged() if self.ema is not None else nullcontext()
         with averaged:
-            return training.evaluate_heads(self.model, self.test_loader, config.device,
-                                           num_classes=len(self.classes), tta=config.tta,
-                                           final_tta=final_tta)
+            return training.evaluate_heads(
+                self.model, self.test_loader, config.device, num_classes=len(self.classes),
+                tta=config.tta, final_tta=final_tta,
+                predict=self.parallel.predict_classes if self.parallel is not None else None)
 
     def end_epoch(self, test_acc, confusion, test_seconds, aux_accuracies=(math.nan, math.nan)):
         """Record the epoch and print its line; write checkpoint.npz, then best.npz (if the test

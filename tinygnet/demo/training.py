@@ -32,7 +32,8 @@ from .. import backend
 from ..models import googlenet_loss
 from ..tensor import Tensor, no_grad
 
-__all__ = ["train_step", "train_epoch", "evaluate", "evaluate_heads", "continues", "Evaluation",
+__all__ = ["train_step", "train_epoch", "evaluate", "evaluate_heads", "predict_classes",
+           "continues", "Evaluation",
            "RunningMetrics", "TTA_VIEWS", "TTA_LABELS", "TTA_DESCRIPTIONS"]
 
 
@@ -130,7 +131,8 @@ confusion matrix, then each aux head's accuracy on the image alone (NaN for a mo
 aux heads), and the main head's accuracy on ``final_tta``'s views when asked (else NaN)."""
 
 
-def evaluate_heads(model, loader, device, num_classes, tta="none", final_tta=None) -> Evaluation:
+def evaluate_heads(model, loader, device, num_classes, tta="none", final_tta=None,
+                   predict=None) -> Evaluation:
     """``evaluate``, and each aux head's test accuracy on the image alone:
     ``Evaluation(accuracy, confusion, aux1_accuracy, aux2_accuracy, final_accuracy)``.
 
@@ -145,8 +147,13 @@ def evaluate_heads(model, loader, device, num_classes, tta="none", final_tta=Non
     same pass goes on through its extra views and ``final_accuracy`` is the
     main head's accuracy on all of them. The CIFAR demo's last epoch tests
     this way, so that the final 6-view test does not run the first views twice.
+
+    ``predict`` computes the predictions: ``predict_classes`` (the default),
+    or ``DataParallel.predict_classes`` (``parallel.py``: the test images cut
+    into parts, one per worker process; the same predictions).
     """
-    return _test(model, loader, device, num_classes, tta, aux=True, final_tta=final_tta)
+    return _test(model, loader, device, num_classes, tta, aux=True, final_tta=final_tta,
+                 predict=predict)
 
 
 def continues(final_tta, tta) -> bool:
@@ -156,11 +163,31 @@ def continues(final_tta, tta) -> bool:
     return len(final_views) > len(views) and final_views[:len(views)] == views
 
 
-def _test(model, loader, device, num_classes, tta, aux, final_tta=None) -> Evaluation:
-    first = len(TTA_VIEWS[tta])            # views of the accuracy; final_tta's go on from them
+def _test(model, loader, device, num_classes, tta, aux, final_tta=None,
+          predict=None) -> Evaluation:
     if final_tta is not None and not continues(final_tta, tta):
         raise ValueError(f"final_tta={final_tta!r} does not begin with tta={tta!r}'s views "
                          f"and add more")
+    predicted = (predict or predict_classes)(model, loader, device, tta, aux, final_tta)
+    labels = loader.labels
+    confusion = _confusion(predicted["main"], labels, num_classes)
+    accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
+    final_accuracy = math.nan
+    if final_tta is not None:
+        final_confusion = _confusion(predicted["final"], labels, num_classes)
+        final_accuracy = float(np.trace(final_confusion) / max(final_confusion.sum(), 1))
+    aux_accuracies = [math.nan if predicted[head] is None else
+                      float(np.mean(predicted[head] == labels)) for head in ("aux1", "aux2")]
+    return Evaluation(accuracy, confusion, *aux_accuracies, final_accuracy)
+
+
+def predict_classes(model, loader, device, tta, aux, final_tta=None) -> dict:
+    """The class each head predicts for each image of ``loader``, in eval mode, in the
+    loader's order (int64 NumPy arrays): ``"main"`` from the mean logits of ``tta``'s views,
+    ``"final"`` from those of ``final_tta``'s (None when not asked), and with ``aux`` the aux
+    heads' ``"aux1"`` and ``"aux2"`` on the image alone (None otherwise, or without heads).
+    Each image's prediction depends on that image alone, not on the batch it came in."""
+    first = len(TTA_VIEWS[tta])            # views of "main"; final_tta's go on from them
     model.eval()
     predictions, final_predictions, aux_predictions = [], [], {"aux1": [], "aux2": []}
     with no_grad():                    # no graph: nothing is kept for a backward pass
@@ -184,26 +211,22 @@ def _test(model, loader, device, num_classes, tta, aux, final_tta=None) -> Evalu
                     logits = logits + model(Tensor(view)).data
                 final_predictions.append(logits.argmax(axis=1))
     model.train()
-    confusion = _confusion(predictions, loader.labels, num_classes)
-    accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
-    final_accuracy = math.nan
-    if final_tta is not None:
-        final_confusion = _confusion(final_predictions, loader.labels, num_classes)
-        final_accuracy = float(np.trace(final_confusion) / max(final_confusion.sum(), 1))
-    aux_accuracies = [float(np.mean(_gather(found) == loader.labels)) if found else math.nan
-                      for found in aux_predictions.values()]
-    return Evaluation(accuracy, confusion, *aux_accuracies, final_accuracy)
+    return {"main": _gather(predictions),
+            "final": _gather(final_predictions) if final_tta is not None else None,
+            **{head: _gather(found) if found else None for head, found in aux_predictions.items()}}
 
 
 def _gather(predictions):
-    """The batches' predictions (device arrays) as one NumPy array."""
+    """The batches' predictions (device arrays) as one int64 NumPy array."""
+    if not predictions:                # no test images
+        return np.zeros(0, dtype=np.int64)
     xp = backend.get_array_module(predictions[0])
-    return backend.to_numpy(xp.concatenate(predictions))
+    return backend.to_numpy(xp.concatenate(predictions)).astype(np.int64, copy=False)
 
 
-def _confusion(predictions, labels, k):
+def _confusion(predicted, labels, k):
     """confusion[i, j]: test images of class i predicted as j (a k x k int64 NumPy array)."""
-    return np.bincount(labels * k + _gather(predictions), minlength=k * k).reshape(k, k)
+    return np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
 
 
 def _views(x, tta):
