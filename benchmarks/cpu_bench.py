@@ -90,11 +90,13 @@ from tinygnet.tensor import Tensor, no_grad  # noqa: E402
 
 BATCH = 128                 # training batch (the demo's)
 EVAL_BATCH = 256
-from train_steps import (NUM_CLASSES, data, interleaved, tinygnet_train_step,  # noqa: E402
-                         torch_train_step)
+from train_steps import (NUM_CLASSES, data, interleaved, tinygnet_parallel_train_step,  # noqa: E402
+                         tinygnet_train_step, torch_train_step)
+from tinygnet.demo.parallel import DataParallel  # noqa: E402
 DEFAULT = dict(width=CPU_DEFAULTS["width"], stem_stride=CPU_DEFAULTS["stem_stride"],
                batchnorm=CPU_DEFAULTS["batchnorm"])
 WIDTH1 = dict(width=1.0, stem_stride=1, batchnorm=CPU_DEFAULTS["batchnorm"])
+PROCESSES = CPU_DEFAULTS["processes"]    # the demo's step: each batch in this many processes
 
 
 def config_name(cfg):
@@ -392,12 +394,24 @@ def main():
         theirs = make_torch(cfg, ours.state_dict())
         flops = training_flops(ours, BATCH)
         n = repeats if key == "default" else ARGS.width1_repeats
-        t = median_times({"tinygnet": tinygnet_train_step(ours, BATCH),
-                         "torch": torch_train_step(theirs, BATCH)}, n)
+        cases = {"tinygnet": tinygnet_train_step(ours, BATCH),
+                 "torch": torch_train_step(theirs, BATCH)}
+        parallel = None
+        if key == "default" and PROCESSES > 1:     # the demo's step: the batch in parts
+            parallel = DataParallel(dict(num_classes=NUM_CLASSES, config="cifar", **cfg),
+                                    PROCESSES)
+            cases["parts"] = tinygnet_parallel_train_step(ours, dict(cfg), BATCH, parallel)
+        t = median_times(cases, n)
         rows.append((f"training step, {config_name(cfg)}, batch {BATCH} ({n} repeats)",
                      t, BATCH, flops, peak))
         print(f"  {rows[-1][0]}: tinygnet {t['tinygnet']:.3f} s, torch {t['torch']:.3f} s",
               flush=True)
+        if parallel is not None:
+            parallel.close()
+            rows.append((f"training step, {config_name(cfg)}, batch {BATCH} in {PROCESSES} "
+                         f"processes (the demo's `--processes {PROCESSES}`; {n} repeats)",
+                         {"tinygnet": t["parts"], "torch": t["torch"]}, BATCH, flops, peak))
+            print(f"  {rows[-1][0]}: tinygnet {t['parts']:.3f} s", flush=True)
         t = median_times({"tinygnet": tinygnet_inference(ours, EVAL_BATCH),
                          "torch": torch_inference(theirs, EVAL_BATCH)}, n)
         rows.append((f"inference (eval), {config_name(cfg)}, batch {EVAL_BATCH} ({n} repeats)",

@@ -41,6 +41,18 @@ def tinygnet_train_step(model, batch, device="cpu"):
     return step
 
 
+def tinygnet_parallel_train_step(model, model_args, batch, parallel):
+    """The CIFAR demo's CPU step: the batch cut into parts, each trained in a worker process of
+    ``parallel`` (a ``DataParallel`` built for ``model_args``, the model's GoogLeNet arguments)."""
+    optimizer = SGD(model.parameters(), **SGD_OPTIONS)
+    x, y = data(batch)
+
+    def step():
+        model.train()
+        parallel.train_step(model, x, y, optimizer, "cpu", **LOSS_OPTIONS)
+    return step
+
+
 def torch_train_step(model, batch, device="cpu"):
     import torch
     import torch_googlenet

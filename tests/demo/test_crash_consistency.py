@@ -28,7 +28,7 @@ from tinygnet.demo import cifar, common, run
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_child.py")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PER_BATCH = 16
-SEED = 4     # one whose test accuracy improves in epoch 2 (best.npz is written twice)
+SEED = 6     # one whose test accuracy improves in epoch 2 (best.npz is written twice)
 ARGV = ["--device", "cpu", "--epochs", "2", "--batch-size", "16", "--width", "0.0625",
         "--train-images", "32", "--seed", str(SEED), "--no-progress", "--no-download"]
 STEPS_PER_EPOCH = 2
