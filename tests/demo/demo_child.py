@@ -11,7 +11,10 @@ Used by the demo tests; CIFAR-10 there is a tiny fake with PER_BATCH images per 
 
     python demo_child.py signal-at-step PER_BATCH STEP SIGNAL[xN] -- ARGV...
         Run the demo and send this process SIGNAL (e.g. SIGTERM; SIGTERMx2: twice in a row;
-        SIGKILL) after its STEP-th optimiser step; exits with the demo's exit status.
+        SIGKILL) after its STEP-th optimiser step; exits with the demo's exit status. With
+        "group-SIGNAL" the signal goes to the whole process group, as a terminal sends Ctrl-C
+        (start this in a session of its own); with "worker-SIGNAL" to one worker process of
+        cifar --processes.
 
     python demo_child.py gradflow-signal-at-step PER_BATCH STEP SIGNAL[xN] -- ARGV...
         The same with the gradflow demo.
@@ -80,7 +83,7 @@ def kill_each(points, outroot, argv):
     return 0
 
 
-def signal_at_step(step, signum, times, argv, demo=cifar):
+def signal_at_step(step, signum, times, argv, demo=cifar, target=""):
     real_step, count = tinygnet.optim.Optimizer.step, [0]
 
     def step_then_signal(self):
@@ -88,7 +91,12 @@ def signal_at_step(step, signum, times, argv, demo=cifar):
         count[0] += 1
         if count[0] == step:
             for _ in range(times):
-                os.kill(os.getpid(), signum)
+                if target == "group":
+                    os.killpg(os.getpgid(0), signum)
+                elif target == "worker":
+                    os.kill(multiprocessing.active_children()[0].pid, signum)
+                else:
+                    os.kill(os.getpid(), signum)
 
     tinygnet.optim.Optimizer.step = step_then_signal
     return demo.main(argv)
@@ -132,8 +140,10 @@ def main():
         return kill_each([int(i) for i in first.split(",")], second, argv)
     if mode in ("signal-at-step", "gradflow-signal-at-step"):
         name, _, times = second.partition("x")
+        target, _, name = name.rpartition("-")
         demo = gradflow if mode.startswith("gradflow") else cifar
-        return signal_at_step(int(first), signal.Signals[name], int(times or 1), argv, demo)
+        return signal_at_step(int(first), signal.Signals[name], int(times or 1), argv, demo,
+                              target)
     if mode == "gradflow-signal-at-run":
         return signal_at_run(int(first), second, argv)
     raise SystemExit(f"unknown mode {mode!r}")

@@ -14,6 +14,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,3 +212,41 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(reference, tmp_p
         assert run_demo("--resume", str(checkpoint), "--data", reference["data"],
                         "--no-progress", "--no-download") == 0
     assert_finished_like_the_reference(str(out), reference)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_group_stops_the_run_after_the_step_workers_and_all(
+        reference, tmp_path, signum):
+    """A terminal's Ctrl-C reaches every process of the group, the worker processes of
+    --processes too (ARGV runs the CPU default, two): the workers must not die of it, and
+    the parent stops between two steps as it would alone, with a checkpoint that resumes."""
+    out = tmp_path / "run"
+    child = subprocess.run([sys.executable, CHILD, "signal-at-step", str(PER_BATCH), "1",
+                            f"group-{signum.name}", "--", *ARGV, "--data", reference["data"],
+                            "--out", str(out)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120,
+                           start_new_session=True)
+    printed = child.stdout + child.stderr
+    assert child.returncode == 128 + signum, printed
+    assert "Traceback" not in printed and "worker" not in printed
+    assert "stopping after this step and saving a checkpoint" in printed
+    checkpoint = out / "checkpoint.npz"
+    assert (load_checkpoint(checkpoint)["epoch"], load_checkpoint(checkpoint)["step"]) == (0, 1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run.Trainer, "write_plots", demo_child.fake_plots)
+        assert run_demo("--resume", str(checkpoint), "--data", reference["data"],
+                        "--no-progress", "--no-download") == 0
+    assert_finished_like_the_reference(str(out), reference)
+
+
+def test_a_worker_killed_mid_run_is_one_line_and_the_checkpoint_kept(reference, tmp_path):
+    out = tmp_path / "run"
+    child = subprocess.run([sys.executable, CHILD, "signal-at-step", str(PER_BATCH), "3",
+                            "worker-SIGKILL", "--", *ARGV, "--data", reference["data"],
+                            "--out", str(out)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert re.fullmatch(r"python -m tinygnet\.demo cifar: error: the worker process "
+                        r"tinygnet-part-[01] ended before its part was done \(killed by "
+                        r"SIGKILL: out of memory\?\); \S+checkpoint\.npz and best\.npz are "
+                        r"kept as they were \(epoch 1\)\n", child.stderr), child.stderr

@@ -20,7 +20,7 @@ from tinygnet import backend
 from tinygnet.checkpoint import load_checkpoint, save_checkpoint
 from tinygnet.demo import cifar
 from tinygnet.demo.cifar import ArrayDataset, Config
-from tinygnet.demo.common import TrainingDiverged
+from tinygnet.demo.common import TrainingDiverged, UsageError
 from tinygnet.demo.run import Trainer
 from tinygnet.models import INITS
 
@@ -294,11 +294,18 @@ def test_every_setting_has_a_rule_and_the_defaults_keep_them(tmp_path):
         cifar.check_saved_config(dataclasses.asdict(tiny_config(tmp_path, **defaults)), "c.npz")
 
 
-def test_runs_saved_before_tta_and_crop_padding_resume_as_they_ran(tmp_path):
+def test_runs_saved_before_tta_crop_padding_and_processes_resume_as_they_ran(tmp_path):
     saved = dataclasses.asdict(tiny_config(tmp_path))
-    del saved["tta"], saved["final_tta"], saved["crop_padding"]
+    del saved["tta"], saved["final_tta"], saved["crop_padding"], saved["processes"]
     config = cifar.config_for_resume(parse("--device", "cpu"), saved, str(tmp_path / "c.npz"))
-    assert (config.tta, config.final_tta, config.crop_padding) == ("none", "none", 4)
+    assert (config.tta, config.final_tta, config.crop_padding, config.processes) == \
+        ("none", "none", 4, 1)
+
+
+def test_two_processes_on_a_gpu_are_a_usage_error_before_the_gpu_is_touched(tmp_path):
+    with pytest.raises(UsageError, match=r"^--processes 2 trains on the CPU only; on cuda:0 "
+                                         r"use --processes 1$"):
+        quiet_trainer(tiny_config(tmp_path, device="cuda:0", processes=2), tiny_data())
 
 
 # --------------------------------------------------------------------------

@@ -7,6 +7,8 @@ running statistics are kept; a worker's error or death reaches the parent as one
 error; workers use one core each and end with their parent.
 """
 import copy
+import importlib.util
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -25,6 +27,12 @@ from tinygnet.demo.workers import WorkerDied
 from tinygnet.models import GoogLeNet, googlenet_loss
 from tinygnet.optim import SGD
 from tinygnet.tensor import Tensor
+
+_spec = importlib.util.spec_from_file_location(
+    "demo_cifar_tests", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                     "test_demo_cifar.py"))
+_tests = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = dict(num_classes=10, config="cifar", width=0.0625, stem_stride=2)
@@ -205,6 +213,28 @@ def test_bad_processes_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         cifar.build_parser().parse_args(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_run_with_processes_trains_and_tests_in_its_workers_and_ends_them(tmp_path,
+                                                                            monkeypatch):
+    calls = []
+    for name in ("train_step", "predict_classes"):
+        real = getattr(DataParallel, name)
+        monkeypatch.setattr(DataParallel, name,
+                            lambda self, *args, real=real, name=name, **kwargs:
+                            calls.append(name) or real(self, *args, **kwargs))
+    config = _tests.tiny_config(tmp_path, epochs=1, processes=2, schedule="cosine")
+    trainer = _tests.quiet_trainer(config, _tests.tiny_data())
+    assert trainer.fit()["interrupted"] is False
+    steps = len(trainer.train_loader)
+    assert calls == ["train_step"] * steps + ["predict_classes"]
+    assert trainer.parallel is None and multiprocessing.active_children() == []
+    one = _tests.quiet_trainer(_tests.tiny_config(tmp_path / "one", epochs=1, processes=1,
+                                                   schedule="cosine"),
+                               _tests.tiny_data())
+    one.fit()
+    assert calls == ["train_step"] * steps + ["predict_classes"]           # none of them here
+    assert one.history[0]["loss"] != trainer.history[0]["loss"]    # batch norm of the halves
 
 
 def test_processes_belong_to_the_recipe_two_on_the_cpu_one_on_a_gpu_and_old_runs_had_one():

@@ -158,3 +158,13 @@ def test_use_fast_false_gives_blas_its_threads_back(threads):
     finally:
         tinygnet.use_fast(True)
     assert getter() == 1
+
+
+def test_use_one_core_holds_tinygnet_and_blas_to_one_thread_whatever_blas_had(threads):
+    """A worker process beside others: a script that asked BLAS for two threads through the
+    environment (benchmarks/cpu_bench.py does) must not leave two in each worker."""
+    getter = blas_held_by_two_threads(threads)
+    threads(1)                                  # BLAS back to its two
+    assert getter() == 2
+    threads_module.use_one_core()
+    assert threads_module.get_num_threads() == 1 and getter() == 1

@@ -11,7 +11,9 @@ What one run does:
    save it to ``OUT/config.json``;
 2. load CIFAR-10 (``tinygnet.data``), build GoogLeNet, the optimiser, the
    learning-rate schedule and optionally an EMA of the weights;
-3. each epoch (``run.Trainer``, around the loop of ``training.py``): train
+3. each epoch (``run.Trainer``, around the loop of ``training.py``; with
+   ``--processes N`` > 1, the CPU default, each batch cut into N parts trained
+   side by side in worker processes, ``parallel.py``): train
    with a progress bar (loss and its main/aux1/aux2 parts, images/s), test
    in eval mode (the main head, and each aux head alone), write ``checkpoint.npz``, then
    ``best.npz`` when the test accuracy improves, then ``metrics.csv``,

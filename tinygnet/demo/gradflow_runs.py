@@ -29,10 +29,11 @@ import traceback
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import backend, set_num_threads
+from .. import backend
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import DataLoader
 from ..diagnostics import GradientMonitor, LayerSplit, split_backward
+from ..kernels.threads import use_one_core
 from ..models import GoogLeNet
 from ..optim import SGD
 from .common import TrainingDiverged, describe_loss
@@ -332,7 +333,7 @@ def work(connection, config: Config, train, test, parent: int, report_steps: boo
     ``("done", RunResult)``, or ``("failed", (error, traceback))``; with ``report_steps``, a
     ``("step", None)`` after each step. Ends when the parent closes the pipe, or dies."""
     die_with(parent)
-    set_num_threads(1)            # BLAS is on one thread from birth (ONE_THREAD): one core
+    use_one_core()                # tinygnet's threads and BLAS's: one core (and ONE_THREAD)
     quiet_tqdm()                  # a worker draws no bars
     on_step = (lambda: connection.send(("step", None))) if report_steps else None
     # NumPy's error handling as the parent's: the warnings it silences are silent here too.

@@ -10,11 +10,11 @@ two worker processes, each with its own copy of the network, each on one core
 of ``training.train_step``):
 
 1. the parent draws one seed per part from its random stream (for the
-   part's dropout masks) and sends each worker the current weights, its part
-   of the batch (the first ``ceil`` parts one image larger when the batch does
-   not divide evenly) and its seed;
+   part's dropout masks) and sends each worker the current weights and
+   batch-norm running statistics, its part of the batch (the first parts one
+   image larger when the batch does not divide evenly) and its seed;
 2. each worker runs forward, the three-head loss and backward on its part,
-   and sends back its gradients, losses and logits;
+   and sends back its gradients, losses, logits and running statistics;
 3. the parent averages the parts' gradients, each weighted by its share of
    the batch: the gradient of the whole batch's mean loss. Its optimiser
    updates the weights, as after ``training.train_step``.
@@ -45,8 +45,9 @@ import traceback
 
 import numpy as np
 
-from .. import backend, set_num_threads
+from .. import backend
 from ..data import DataLoader
+from ..kernels.threads import use_one_core
 from ..models import GoogLeNet, GoogLeNetLoss, GoogLeNetOutputs, googlenet_loss
 from ..tensor import Tensor
 from .training import predict_classes
@@ -118,21 +119,14 @@ class DataParallel:
         seeds = backend.default_generator().integers(0, 2**63 - 1, size=self.processes)
         weights = _flatten([p.data for p in params])
         statistics = _flatten([b.data for b in buffers])   # batch norm's running mean and var
-        start, sent = 0, []
-        for (process, connection), size, seed in zip(self.workers, part_sizes(len(labels),
-                                                                             self.processes), seeds):
-            if size == 0:
-                continue
-            part = slice(start, start + size)
-            start += size
-            self._send(process, connection, ("step", weights, statistics, images[part],
-                                             labels[part], int(seed), aux_weight, label_smoothing))
-            sent.append((process, connection, size))
-        replies = [self._receive(process, connection) for process, connection, _ in sent]
+        parts = self._in_parts(len(labels), lambda part, k: (
+            "step", weights, statistics, images[part], labels[part], int(seeds[k]), aux_weight,
+            label_smoothing))
 
         # The whole batch's mean loss is the parts' mean losses weighted by their sizes, and
         # so is its gradient. Summed in the parts' order: the same bits every time.
-        shares = [size / len(labels) for _, _, size in sent]
+        shares = [size / len(labels) for size, _ in parts]
+        replies = [reply for _, reply in parts]
         gradient = sum(share * reply["gradient"] for share, reply in zip(shares, replies))
         optimizer.zero_grad()
         for i, (p, g) in enumerate(zip(params, _unflatten(gradient, params))):
@@ -162,21 +156,25 @@ class DataParallel:
                              "no augmentation")
         weights = _flatten([p.data for p in model.parameters()])
         statistics = _flatten([b.data for b in model.buffers()])
-        start, sent = 0, []
-        for (process, connection), size in zip(self.workers, part_sizes(len(loader.labels),
-                                                                       self.processes)):
-            if size == 0:
-                continue
-            part = slice(start, start + size)
-            start += size
-            self._send(process, connection, ("predict", weights, statistics,
-                                             loader.images[part], loader.labels[part],
-                                             loader.batch_size, loader.normalize, tta, aux,
-                                             final_tta))
-            sent.append((process, connection))
-        replies = [self._receive(process, connection) for process, connection in sent]
+        parts = self._in_parts(len(loader.labels), lambda part, k: (
+            "predict", weights, statistics, loader.images[part], loader.labels[part],
+            loader.batch_size, loader.normalize, tta, aux, final_tta))
+        replies = [reply for _, reply in parts]
         return {key: None if replies[0][key] is None else
                 np.concatenate([reply[key] for reply in replies]) for key in replies[0]}
+
+    def _in_parts(self, n: int, message) -> list:
+        """Cut ``n`` images into the workers' parts (``part_sizes``), send each worker
+        ``message(part, k)`` for its part ``part`` (a slice; ``k`` its index), then wait for
+        them all: ``[(size, reply)]`` of the parts that are not empty, in order."""
+        start, sent = 0, []
+        for k, ((process, connection), size) in enumerate(
+                zip(self.workers, part_sizes(n, self.processes))):
+            if size:
+                self._send(process, connection, message(slice(start, start + size), k))
+                sent.append((process, connection, size))
+                start += size
+        return [(size, self._receive(process, connection)) for process, connection, size in sent]
 
     def _send(self, process, connection, message) -> None:
         try:
@@ -225,7 +223,7 @@ def work(connection, model_args: dict, parent: int, errors: dict) -> None:
     ``("done", reply)`` or ``("failed", (error, traceback))``. Ends when the parent closes
     the pipe, or dies."""
     die_with(parent)
-    set_num_threads(1)            # BLAS is on one thread from birth (ONE_THREAD): one core
+    use_one_core()                # tinygnet's threads and BLAS's: one core (and ONE_THREAD)
     model = GoogLeNet(**model_args)
     model.train()                 # dropout on, batch norm on the part's statistics, aux heads on
     # NumPy's error handling as the parent's: the warnings it silences are silent here too.

@@ -100,6 +100,9 @@ class Trainer:
     ``cifar.Config``; ``train`` and ``test`` hold ``images`` (uint8
     N x 3 x 32 x 32), ``labels`` (int64 N) and ``classes``.
     ``state_dict()`` / ``load_state_dict()`` are what the checkpoints hold.
+    With ``config.processes`` > 1, ``fit()`` starts that many worker processes
+    (``parallel.DataParallel``) that train each batch's parts and test the
+    test images' parts, and ends them when it returns.
 
     What a kill at any moment leaves: every file is written atomically, and
     at the end of an epoch ``checkpoint.npz`` is written first. It is the

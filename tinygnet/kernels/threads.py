@@ -32,7 +32,8 @@ import numpy as np
 
 from .. import dispatch
 
-__all__ = ["get_num_threads", "set_num_threads", "parallel_for", "parallel_matmul"]
+__all__ = ["get_num_threads", "set_num_threads", "use_one_core", "parallel_for",
+           "parallel_matmul"]
 
 _num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
     os.cpu_count() or 1)
@@ -59,6 +60,14 @@ def set_num_threads(n: int) -> None:
     _num_threads = int(n)
     if _num_threads == 1:
         _give_blas_its_threads_back()
+
+
+def use_one_core() -> None:
+    """Run this process on one core: tinygnet's work inline (``set_num_threads(1)``) and
+    BLAS on one thread too, whatever the environment asked of it. For a worker process
+    beside others that each have a core (the demos' ``--jobs`` and ``--processes``)."""
+    set_num_threads(1)
+    _blas_single_threaded()
 
 
 def _openblas():
