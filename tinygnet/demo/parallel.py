@@ -86,7 +86,7 @@ class DataParallel:
                 # Ctrl-C and SIGTERM are the parent's: it stops between two steps.
                 process = start_process(context, work, name=f"tinygnet-part-{part}",
                                         args=(theirs, model_args, os.getpid(), np.geterr()),
-                                        blocked=(signal.SIGINT, signal.SIGTERM))
+                                        deaf_to=(signal.SIGINT, signal.SIGTERM))
                 theirs.close()      # the worker's end: if it dies, ours reads EOF
                 self.workers.append((process, ours))
         except BaseException:

@@ -11,10 +11,13 @@ are born the same way, here:
 - on one core: BLAS held to one thread through the environment the worker
   starts with (``ONE_THREAD``: it must be set before NumPy loads BLAS), and
   tinygnet's own pool held to one thread by the worker (``set_num_threads(1)``);
-- with Ctrl-C (and whatever else ``blocked`` names) blocked: the terminal
+- deaf to Ctrl-C (and to whatever else ``deaf_to`` names): the terminal
   sends Ctrl-C to every process of the group, and it is the parent's to
-  handle. Blocked rather than ignored: a signal that comes while a worker
-  starts waits, it is not lost;
+  handle. A worker is born ignoring them: an ignored signal stays ignored
+  across the ``exec`` of a new interpreter (a blocked one does not, with
+  ``spawn``), and Python then leaves it ignored. The parent blocks them
+  meanwhile, so that one sent while a worker starts waits for the parent's
+  own handler, not lost;
 - dying with the parent (``die_with``): a parent killed by ``kill -9``
   cleans nothing up, and a worker left behind would hold a core for nothing.
 """
@@ -46,16 +49,20 @@ class WorkerTraceback(Exception):
         return "\n\nin the worker process:\n" + self.args[0]
 
 
-def start_process(context, target, args, name, blocked=(signal.SIGINT,)):
+def start_process(context, target, args, name, deaf_to=(signal.SIGINT,)):
     """Start ``target(*args)`` in a new process of ``context`` (a ``spawn`` context), born with
-    BLAS on one thread and the signals ``blocked`` blocked; returns the started Process."""
+    BLAS on one thread and ignoring the signals ``deaf_to``; returns the started Process.
+    Call it from the main thread (where signal handlers are set)."""
     process = context.Process(target=target, name=name, daemon=True, args=args)
     saved = {name: os.environ.get(name) for name in ONE_THREAD}
     os.environ.update(ONE_THREAD)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(blocked))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(deaf_to))    # ours wait meanwhile
+    handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in deaf_to}
     try:
         process.start()
     finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for variable, value in saved.items():
             if value is None:
