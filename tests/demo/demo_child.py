@@ -13,8 +13,9 @@ Used by the demo tests; CIFAR-10 there is a tiny fake with PER_BATCH images per 
         Run the demo and send this process SIGNAL (e.g. SIGTERM; SIGTERMx2: twice in a row;
         SIGKILL) after its STEP-th optimiser step; exits with the demo's exit status. With
         "group-SIGNAL" the signal goes to the whole process group, as a terminal sends Ctrl-C
-        (start this in a session of its own); with "worker-SIGNAL" to one worker process of
-        cifar --processes.
+        (start this in a session of its own), in the middle of the STEP-th step: once the
+        worker processes of cifar --processes have their parts; with "worker-SIGNAL" to one
+        worker process after the STEP-th step.
 
     python demo_child.py gradflow-signal-at-step PER_BATCH STEP SIGNAL[xN] -- ARGV...
         The same with the gradflow demo.
@@ -46,7 +47,7 @@ import matplotlib.figure  # noqa: F401  (imported once here, inherited by every 
 import tinygnet.checkpoint
 import tinygnet.data.cifar
 import tinygnet.optim
-from tinygnet.demo import cifar, gradflow, run
+from tinygnet.demo import cifar, gradflow, parallel, run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -85,6 +86,8 @@ def kill_each(points, outroot, argv):
 
 def signal_at_step(step, signum, times, argv, demo=cifar, target=""):
     real_step, count = tinygnet.optim.Optimizer.step, [0]
+    if target == "group":
+        return group_signal_mid_step(step, signum, argv)
 
     def step_then_signal(self):
         real_step(self)
@@ -100,6 +103,20 @@ def signal_at_step(step, signum, times, argv, demo=cifar, target=""):
 
     tinygnet.optim.Optimizer.step = step_then_signal
     return demo.main(argv)
+
+
+def group_signal_mid_step(step, signum, argv):
+    real_send, sent = parallel.DataParallel._send, [0]
+
+    def send_then_signal(self, process, connection, message):
+        real_send(self, process, connection, message)
+        if message[0] == "step":
+            sent[0] += 1
+            if sent[0] == step * self.processes:       # the workers have the step's parts
+                os.killpg(os.getpgid(0), signum)
+
+    parallel.DataParallel._send = send_then_signal
+    return cifar.main(argv)
 
 
 def signal_at_run(runs, target, argv):

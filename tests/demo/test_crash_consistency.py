@@ -218,8 +218,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(reference, tmp_p
 def test_a_signal_to_the_whole_group_stops_the_run_after_the_step_workers_and_all(
         reference, tmp_path, signum):
     """A terminal's Ctrl-C reaches every process of the group, the worker processes of
-    --processes too (ARGV runs the CPU default, two): the workers must not die of it, and
-    the parent stops between two steps as it would alone, with a checkpoint that resumes."""
+    --processes too (ARGV runs the CPU default, two), here while they train their parts of
+    step 1: they must not die of it, and the parent finishes the step and stops as it would
+    alone, with a checkpoint that resumes."""
     out = tmp_path / "run"
     child = subprocess.run([sys.executable, CHILD, "signal-at-step", str(PER_BATCH), "1",
                             f"group-{signum.name}", "--", *ARGV, "--data", reference["data"],
