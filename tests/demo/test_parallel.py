@@ -287,6 +287,47 @@ def test_workers_train_on_one_thread_each_and_end_with_their_parent_even_after_k
     assert not any(_alive(pid) for pid in (first, second))
 
 
+BUSY_PARENT = """
+import os, signal, threading, time
+import numpy as np
+from tinygnet.demo.parallel import DataParallel
+from tinygnet.models import GoogLeNet
+from tinygnet.optim import SGD
+
+if __name__ == "__main__":
+    args = dict(num_classes=10, config="cifar", width=0.0625, stem_stride=2)
+    model = GoogLeNet(**args)
+    model.train()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2048, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 2048)
+    parallel = DataParallel(args, processes=2)
+    step = threading.Thread(target=parallel.train_step, daemon=True,
+                            args=(model, x, y, SGD(model.parameters(), lr=0.01)))
+    step.start()
+    time.sleep(0.5)                                      # the workers are busy with their parts
+    print(*[process.pid for process, _ in parallel.workers], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, and PR_SET_PDEATHSIG")
+def test_workers_busy_with_their_parts_end_at_once_with_their_parent(tmp_path):
+    """Not at the end of their part (a 1024-image part takes them seconds), when they would
+    find the pipe closed: at once, as the kernel ends them with the parent."""
+    script = tmp_path / "busy_parent.py"
+    script.write_text(BUSY_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert parent.wait(timeout=120) == -signal.SIGKILL and len(workers) == 2
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.02)
+    assert not any(_alive(pid) for pid in workers)
+    parent.stdout.close()
+
+
 def _alive(pid) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
