@@ -174,15 +174,19 @@ def test_the_test_in_parts_predicts_what_one_process_predicts(processes):
             parallel.predict_classes(model, DataLoader((images, np.zeros(37)), 8), "cpu")
 
 
-def test_an_error_in_a_worker_is_raised_in_the_parent_with_its_traceback():
+def test_an_error_in_a_worker_is_raised_in_the_parent_with_its_traceback_and_no_reply_is_left():
+    """The other workers' replies to the failed step are read too: none is left in a pipe to be
+    taken for the next step's."""
     model = network(batchnorm=True)
     x, y = batch(6)
-    y[4] = 10                                              # no such class: in the second part
+    y[1] = 10                                              # no such class: in the first part
     with DataParallel(dict(SMALL, batchnorm=True), processes=2) as parallel:
         with pytest.raises(ValueError, match="10") as raised:
             parallel.train_step(model, x, y, sgd(model), "cpu")
-    assert "in the worker process" in str(raised.value.__cause__)
-    assert "cross_entropy" in str(raised.value.__cause__)
+        assert "in the worker process" in str(raised.value.__cause__)
+        assert "cross_entropy" in str(raised.value.__cause__)
+        _, outputs = parallel.train_step(model, *batch(8), sgd(model), "cpu")
+        assert outputs.logits.shape == (8, 10)             # 4 + 4, not 4 + the stale 3
 
 
 def test_a_dead_worker_is_named_with_how_it_ended():

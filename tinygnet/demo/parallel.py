@@ -166,7 +166,9 @@ class DataParallel:
     def _in_parts(self, n: int, message) -> list:
         """Cut ``n`` images into the workers' parts (``part_sizes``), send each worker
         ``message(part, k)`` for its part ``part`` (a slice; ``k`` its index), then wait for
-        them all: ``[(size, reply)]`` of the parts that are not empty, in order."""
+        them all: ``[(size, reply)]`` of the parts that are not empty, in order. A worker's
+        error is raised once every worker has answered: no reply is left in a pipe, to be
+        taken for the next call's."""
         start, sent = 0, []
         for k, ((process, connection), size) in enumerate(
                 zip(self.workers, part_sizes(n, self.processes))):
@@ -174,7 +176,15 @@ class DataParallel:
                 self._send(process, connection, message(slice(start, start + size), k))
                 sent.append((process, connection, size))
                 start += size
-        return [(size, self._receive(process, connection)) for process, connection, size in sent]
+        replies, errors = [], []
+        for process, connection, size in sent:
+            try:
+                replies.append((size, self._receive(process, connection)))
+            except Exception as error:              # a worker's error, or WorkerDied
+                errors.append(error)
+        if errors:
+            raise errors[0]
+        return replies
 
     def _send(self, process, connection, message) -> None:
         try:
