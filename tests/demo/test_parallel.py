@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -189,14 +190,21 @@ def test_an_error_in_a_worker_is_raised_in_the_parent_with_its_traceback_and_no_
         assert outputs.logits.shape == (8, 10)             # 4 + 4, not 4 + the stale 3
 
 
-def test_a_dead_worker_is_named_with_how_it_ended():
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["between steps", "in the middle of a step"])
+def test_a_dead_worker_is_named_with_how_it_ended(when):
     model = network(batchnorm=True)
+    images, labels = batch(4 if when == "between steps" else 1024)   # 1024: seconds of work
     with DataParallel(dict(SMALL, batchnorm=True), processes=2) as parallel:
-        parallel.workers[1][0].kill()
+        worker = parallel.workers[1][0]
+        if when == "between steps":
+            worker.kill()                                  # the parent finds it sending
+        else:                                              # ... or waiting for its reply
+            threading.Timer(0.5, worker.kill).start()
         with pytest.raises(WorkerDied, match=r"^the worker process tinygnet-part-1 ended before "
                                              r"its part was done \(killed by SIGKILL: "
                                              r"out of memory\?\)$"):
-            parallel.train_step(model, *batch(4), sgd(model), "cpu")
+            parallel.train_step(model, images, labels, sgd(model), "cpu")
 
 
 def test_processes_must_be_two_or_more_and_the_cpus():
