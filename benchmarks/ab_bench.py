@@ -52,6 +52,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, ROOT)
 import tinygnet  # noqa: E402
+from tinygnet.kernels.workspaces import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()     # as the demos' processes do (both sides share the process)
 
 
 def load_other(path):

@@ -9,7 +9,9 @@ What is measured (cifar config, 3 x 32 x 32 images, 10 classes):
 * a training step: forward, the combined loss (main + 0.3 * aux, label
   smoothing 0.1), backward and an SGD update (momentum, Nesterov, weight
   decay), at the CIFAR demo's CPU config (``CPU_DEFAULTS``) and at width 1;
-* inference (eval mode, no graph) at batch 256;
+* inference (eval mode, no graph) at batch 256, and the demo's test: batches
+  of 256 cut into parts, one per worker process (``--processes``), against
+  PyTorch running the same batches one after the other;
 * single ops, forward + backward, at the shapes of inception3a at 32 x 32.
 
 Fair play: both sides get the same weights (tinygnet's state_dict copied into
@@ -24,7 +26,10 @@ fresh subprocess running training steps (one per framework, so they never
 share a high-water mark). GFLOP/s counts the multiply-adds of the convolutions
 and linear layers (x 2 flops; backward counted as twice the forward, less the
 first conv's unneeded input gradient), compared with a large float32 NumPy
-matmul on the same threads: the machine's practical peak.
+matmul on the same threads: the machine's practical peak. The process keeps
+the memory it frees for its next arrays, as the demos' processes do
+(``tinygnet.kernels.workspaces.keep_freed_memory``): PyTorch's arrays too,
+since both share the process (``--malloc-defaults``: glibc as it starts).
 
 Run it on a quiet machine: with other processes on the cores, BLAS threads
 spin and every number drops (the load average is printed before and after).
@@ -54,6 +59,10 @@ def parse_args(argv=None):
                         help="timed repeats of the (slow) width-1 training step (default 3)")
     parser.add_argument("--skip-width1", action="store_true", help="leave out width-1 rows")
     parser.add_argument("--no-rss", action="store_true", help="leave out the peak-memory runs")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="leave this process's malloc as glibc starts it (by default freed "
+                             "memory is kept for the next arrays, as in the demos' processes, "
+                             "for both frameworks; the demo's worker processes keep it always)")
     parser.add_argument("--out", help="also write the markdown report to this file")
     parser.add_argument("--rss-child", choices=("tinygnet", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--width", type=float, default=None, help=argparse.SUPPRESS)
@@ -83,6 +92,10 @@ import tinygnet.functional as F  # noqa: E402
 # tinygnet's own CPU threads (elementwise passes and blocks of each matmul; it then
 # keeps NumPy's OpenBLAS to one thread), as many as torch gets.
 tinygnet.set_num_threads(ARGS.threads)
+from tinygnet.kernels.workspaces import keep_freed_memory  # noqa: E402
+# The demos' processes keep freed memory for their next arrays (no page faults for the same
+# arrays every step); this process does too, for both frameworks, unless asked not to.
+MEMORY_KEPT = False if ARGS.malloc_defaults else keep_freed_memory()
 from tinygnet.demo.cifar import CPU_DEFAULTS  # noqa: E402
 from tinygnet.models import GoogLeNet  # noqa: E402
 from tinygnet.nn import Conv2d, Linear  # noqa: E402
@@ -92,6 +105,7 @@ BATCH = 128                 # training batch (the demo's)
 EVAL_BATCH = 256
 from train_steps import (NUM_CLASSES, data, interleaved, tinygnet_parallel_train_step,  # noqa: E402
                          tinygnet_train_step, torch_train_step)
+from tinygnet.data import DataLoader  # noqa: E402
 from tinygnet.demo.parallel import DataParallel  # noqa: E402
 DEFAULT = dict(width=CPU_DEFAULTS["width"], stem_stride=CPU_DEFAULTS["stem_stride"],
                batchnorm=CPU_DEFAULTS["batchnorm"])
@@ -132,14 +146,30 @@ def tinygnet_inference(model, batch):
     return run
 
 
-def torch_inference(model, batch):
+def torch_inference(model, batch, batches=1):
     import torch
     x = torch.from_numpy(data(batch, seed=1)[0])
 
     def run():
         model.eval()
         with torch.inference_mode():
-            model(x)
+            for _ in range(batches):
+                model(x)
+    return run
+
+
+def tinygnet_parallel_inference(model, parallel, batch, batches):
+    """The CIFAR demo's test: ``batches`` batches of ``batch`` uint8 test images, cut into
+    parts, one per worker of ``parallel``, each predicting its part's classes
+    (``DataParallel.predict_classes``: the weights sent, the images normalised, eval, no
+    graph), as the demo tests after every epoch."""
+    images = np.random.default_rng(1).integers(0, 256, (batch * batches, 3, 32, 32),
+                                               dtype=np.uint8)
+    loader = DataLoader((images, np.zeros(len(images), dtype=np.int64)), batch, shuffle=False,
+                        augment=False, seed=0)
+
+    def run():
+        parallel.predict_classes(model, loader)
     return run
 
 
@@ -350,7 +380,10 @@ def machine_info():
             f"torch {torch.__version__} "
             f"(MKL-DNN {'on' if torch.backends.mkldnn.enabled else 'off'})",
             f"threads: {ARGS.threads} (tinygnet.set_num_threads, torch.set_num_threads, "
-            f"OMP/OPENBLAS/MKL_NUM_THREADS), torch sees {torch.get_num_threads()}"]
+            f"OMP/OPENBLAS/MKL_NUM_THREADS), torch sees {torch.get_num_threads()}",
+            "malloc: " + ("freed memory kept for the next arrays (`keep_freed_memory`, as in "
+                          "the demos), for both frameworks" if MEMORY_KEPT else
+                          "glibc's defaults (`--malloc-defaults`, or not glibc)")]
 
 
 def loadavg():
@@ -407,7 +440,6 @@ def main():
         print(f"  {rows[-1][0]}: tinygnet {t['tinygnet']:.3f} s, torch {t['torch']:.3f} s",
               flush=True)
         if parallel is not None:
-            parallel.close()
             rows.append((f"training step, {config_name(cfg)}, batch {BATCH} in {PROCESSES} "
                          f"processes (the demo's `--processes {PROCESSES}`; {n} repeats)",
                          {"tinygnet": t["parts"], "torch": t["torch"]}, BATCH, flops, peak))
@@ -416,6 +448,15 @@ def main():
                          "torch": torch_inference(theirs, EVAL_BATCH)}, n)
         rows.append((f"inference (eval), {config_name(cfg)}, batch {EVAL_BATCH} ({n} repeats)",
                      t, EVAL_BATCH, None, None))
+        if parallel is not None:        # the demo's test: each worker a part of the images
+            batches = PROCESSES
+            t = median_times({"tinygnet": tinygnet_parallel_inference(ours, parallel, EVAL_BATCH,
+                                                                      batches),
+                              "torch": torch_inference(theirs, EVAL_BATCH, batches)}, n)
+            rows.append((f"inference (eval), {config_name(cfg)}, {batches} batches of "
+                         f"{EVAL_BATCH} in {PROCESSES} processes (the demo's test; PyTorch: "
+                         f"one after the other; {n} repeats)", t, batches * EVAL_BATCH, None, None))
+            parallel.close()
         del ours, theirs
 
     say("### Whole network (images/s, median)")
@@ -459,7 +500,8 @@ def main():
         "Growth = peak RSS minus the RSS after building the model and data (the torch process "
         "also holds the torch library).")
     say(f"Load average after: {loadavg()}. Command: `python benchmarks/cpu_bench.py "
-        f"--threads {ARGS.threads}{' --quick' if quick else ''}`")
+        f"--threads {ARGS.threads}{' --quick' if quick else ''}"
+        f"{' --malloc-defaults' if ARGS.malloc_defaults else ''}`")
     if ARGS.out:
         with open(ARGS.out, "w") as f:
             f.write("\n".join(lines) + "\n")

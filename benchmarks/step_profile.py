@@ -51,7 +51,10 @@ from tinygnet.demo.cifar import CPU_DEFAULTS  # noqa: E402
 from tinygnet.demo.training import train_step  # noqa: E402
 from tinygnet.models import GoogLeNet  # noqa: E402
 from tinygnet.optim import SGD  # noqa: E402
+from tinygnet.kernels.workspaces import keep_freed_memory  # noqa: E402
 from tinygnet.tensor import Function  # noqa: E402
+
+keep_freed_memory()     # as the demo's processes do: no page faults for a step's arrays
 
 
 def _function_classes(cls=Function):

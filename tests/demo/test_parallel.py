@@ -346,3 +346,27 @@ def _alive(pid) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"     # a zombie has ended
     except FileNotFoundError:
         return False
+
+
+def _page_faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])     # minflt, the 10th field
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, and glibc's mallopt")
+def test_workers_keep_freed_memory_so_a_step_faults_no_pages_in():
+    """A step frees and allocates the same arrays as the last: in a worker that keeps freed
+    memory (``keep_freed_memory``) it faults (almost) no pages in; glibc's defaults would give
+    the big arrays back and fault them in again, thousands of pages a step."""
+    args = dict(num_classes=10, config="cifar", width=0.125, stem_stride=2, batchnorm=True)
+    model = GoogLeNet(**args)
+    model.train()
+    optimizer = sgd(model)
+    x, y = batch(64)
+    with DataParallel(args, processes=2) as parallel:
+        for _ in range(3):
+            parallel.train_step(model, x, y, optimizer)
+        before = [_page_faults(process.pid) for process, _ in parallel.workers]
+        parallel.train_step(model, x, y, optimizer)
+        after = [_page_faults(process.pid) for process, _ in parallel.workers]
+    assert all(b - a < 100 for a, b in zip(before, after)), (before, after)

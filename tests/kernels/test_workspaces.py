@@ -1,5 +1,6 @@
 """Workspaces: scratch arrays the fast CPU paths reuse from call to call."""
 import numpy as np
+import pytest
 
 from tinygnet.kernels import workspaces
 
@@ -72,3 +73,47 @@ def test_a_convolution_keeps_its_columns_only_within_the_budget(monkeypatch):
         x.grad = w.grad = None
     for kept, rebuilt in zip(grads[1 << 20], grads[0]):
         np.testing.assert_array_equal(kept, rebuilt)
+
+
+FAULTS = """
+import resource, sys
+import numpy as np
+import pytest
+from tinygnet.kernels.workspaces import keep_freed_memory
+
+if sys.argv[1] == "keep" and not keep_freed_memory():
+    print("unsupported")
+    raise SystemExit
+
+
+def allocate_and_free():             # 32 MiB in arrays of 1 MiB, as a step's temporaries
+    arrays = [np.ones(1 << 18, np.float32) for _ in range(32)]
+    del arrays
+
+
+allocate_and_free()
+allocate_and_free()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+allocate_and_free()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_keep_freed_memory_spares_the_next_arrays_their_page_faults(tmp_path):
+    """glibc as it starts gives the freed arrays back to the OS, and the same arrays allocated
+    again fault their 8,192 pages in again; kept, they fault none."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "faults.py"
+    script.write_text(FAULTS)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    faults = {}
+    for setting in ("default", "keep"):
+        done = subprocess.run([sys.executable, str(script), setting], capture_output=True,
+                              text=True, timeout=60, check=True, env=dict(os.environ, PYTHONPATH=repo))
+        faults[setting] = done.stdout.strip()
+    if faults["keep"] == "unsupported":
+        pytest.skip("not glibc: no mallopt")
+    assert int(faults["default"]) > 4000            # 32 MiB of 4 KiB pages: 8,192
+    assert int(faults["keep"]) < 100

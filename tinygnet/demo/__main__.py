@@ -6,6 +6,8 @@ exit status) and a one-line description; it is imported only when chosen.
 import importlib
 import sys
 
+from ..kernels.workspaces import keep_freed_memory
+
 # subcommand -> (module, what it does). Add a demo by adding a line.
 SUBCOMMANDS = {
     "cifar": ("tinygnet.demo.cifar", "train GoogLeNet on CIFAR-10"),
@@ -33,6 +35,8 @@ def main(argv=None) -> int:
     if name not in SUBCOMMANDS:
         print(f"error: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    # This process is a demo's: its arrays may keep their memory from step to step.
+    keep_freed_memory()
     module = importlib.import_module(SUBCOMMANDS[name][0])
     return module.main(rest)
 

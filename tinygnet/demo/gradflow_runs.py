@@ -34,6 +34,7 @@ from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import DataLoader
 from ..diagnostics import GradientMonitor, LayerSplit, split_backward
 from ..kernels.threads import use_one_core
+from ..kernels.workspaces import keep_freed_memory
 from ..models import GoogLeNet
 from ..optim import SGD
 from .common import TrainingDiverged, describe_loss
@@ -334,6 +335,7 @@ def work(connection, config: Config, train, test, parent: int, report_steps: boo
     ``("step", None)`` after each step. Ends when the parent closes the pipe, or dies."""
     die_with(parent)
     use_one_core()                # tinygnet's threads and BLAS's: one core (and ONE_THREAD)
+    keep_freed_memory()           # no page faults for the same arrays every step
     quiet_tqdm()                  # a worker draws no bars
     on_step = (lambda: connection.send(("step", None))) if report_steps else None
     # NumPy's error handling as the parent's: the warnings it silences are silent here too.

@@ -48,6 +48,7 @@ import numpy as np
 from .. import backend
 from ..data import DataLoader
 from ..kernels.threads import use_one_core
+from ..kernels.workspaces import keep_freed_memory
 from ..models import GoogLeNet, GoogLeNetLoss, GoogLeNetOutputs, googlenet_loss
 from ..tensor import Tensor
 from .training import predict_classes
@@ -234,6 +235,7 @@ def work(connection, model_args: dict, parent: int, errors: dict) -> None:
     the pipe, or dies."""
     die_with(parent)
     use_one_core()                # tinygnet's threads and BLAS's: one core (and ONE_THREAD)
+    keep_freed_memory()           # no page faults for the same arrays every step
     model = GoogLeNet(**model_args)
     model.train()                 # dropout on, batch norm on the part's statistics, aux heads on
     # NumPy's error handling as the parent's: the warnings it silences are silent here too.

@@ -5,18 +5,25 @@
 * ``lend(shape, dtype)``: an array an op keeps from its forward to its
   backward; when the op lets go of the loan, the memory goes back to a pool
   and is lent again, so every training step reuses the last one's.
+* ``keep_freed_memory()``: the same for every other array of a process, by
+  asking the C library's allocator to keep what NumPy frees.
 
-Only the fast CPU convolution (``cpu_conv.py``) uses them; the reference ops
-of ``tinygnet.functional`` allocate fresh arrays, as plain NumPy code does.
+Only the fast CPU convolution (``cpu_conv.py``) uses the first two; the
+reference ops of ``tinygnet.functional`` allocate fresh arrays, as plain
+NumPy code does. The third is a process's choice, made by the programs that
+train (the demos, the benchmarks), not by the library.
 """
 from __future__ import annotations
 
+import ctypes
+import sys
 import threading
 import weakref
 
 import numpy as np
 
-__all__ = ["workspace", "release_workspaces", "lend", "Loan", "LEND_BUDGET_BYTES"]
+__all__ = ["workspace", "release_workspaces", "lend", "Loan", "LEND_BUDGET_BYTES",
+           "keep_freed_memory"]
 
 _workspaces = threading.local()
 
@@ -98,3 +105,42 @@ def _give_back(buffer, nbytes):
         free.sort(key=lambda b: b.nbytes)
         while sum(b.nbytes for b in free) > LEND_BUDGET_BYTES:   # keep at most the budget
             free.pop(0)                                          # the smallest first
+
+
+# mallopt's parameters (glibc's malloc.h) and the largest mmap threshold it takes on a
+# 64-bit system (DEFAULT_MMAP_THRESHOLD_MAX: 4 MiB * sizeof(long)).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep the memory this process frees, for its next arrays.
+
+    Why: by default glibc gives a freed block of more than 128 KiB or so back
+    to the operating system (a block it mapped for the array, at once; the top
+    of its heap, once more than ``M_TRIM_THRESHOLD`` is free there), so the
+    next array of that size faults its pages in again, one page fault per
+    4 KiB written. A GoogLeNet training step at the CIFAR demo's width frees
+    and allocates the same few hundred arrays every step: thousands of page
+    faults a step, each costly on a virtual machine. This sets the size from
+    which blocks are mapped on their own to its largest, 32 MiB (larger
+    arrays are still mapped and unmapped), and turns trimming off: freed
+    memory stays in the heap and the next step's arrays reuse it.
+
+    What it costs: the process holds on to its peak memory (it is not given
+    back between steps). Process-wide, for the process's life; a program calls
+    it (the demos do, in every process that trains), not the library. Returns
+    False, changing nothing, where the C library has no ``mallopt`` (not
+    glibc: macOS, musl).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    # Each returns 1 when taken. The mmap threshold first: setting it also stops glibc
+    # from moving both thresholds by itself.
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+                and mallopt(_M_TRIM_THRESHOLD, -1))
