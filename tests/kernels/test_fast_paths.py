@@ -297,3 +297,63 @@ def test_cpu_relu_takes_strided_arrays(blocks, rng):
             results.append((fn.forward(x), fn.backward(gy)))
     for fast, reference in zip(*results):
         np.testing.assert_array_equal(fast, reference)
+
+
+# --------------------------------------------------------------------------
+# Max pooling's route for centred stride-1 windows (the Inception branches' pools)
+# --------------------------------------------------------------------------
+@st.composite
+def centred_max_pool_inputs(draw):
+    """Odd windows centred on every position, stride 1, padding half the window: planes
+    smaller than the window and larger, many ties."""
+    KH, KW = draw(st.sampled_from([1, 3, 5])), draw(st.sampled_from([1, 3, 5]))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 9)),
+             draw(st.integers(1, 9)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.integers(0, 4, shape).astype(np.float64)
+    return [x], dict(kernel_size=(KH, KW), stride=(1, 1), padding=(KH // 2, KW // 2),
+                     ceil_mode=draw(st.booleans()))
+
+
+@contextlib.contextmanager
+def centred_route_count():
+    """Counts the calls of cpu_pool's centred route while inside: ``[calls]``."""
+    route, calls = cpu_pool._max_pool_centred, [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return route(*args, **kwargs)
+    cpu_pool._max_pool_centred = counted
+    try:
+        yield calls
+    finally:
+        cpu_pool._max_pool_centred = route
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blocks", ["one", "many"])
+@given(data=st.data())
+def test_centred_max_pool_takes_its_own_route_and_matches_the_reference(blocks, dtype, data):
+    arrays, options = cast(*data.draw(centred_max_pool_inputs()), dtype)
+    with cpu_blocks(blocks), centred_route_count() as calls:
+        fast_result = run(cpu_pool.MaxPool2dFlatPasses, arrays, options, gy_seed=1)
+    assert calls[0] >= 1
+    assert_agree(fast_result, run(MaxPool2d, arrays, options, gy_seed=1), dtype)
+
+
+@pytest.mark.parametrize("blocks", ["one", "many"])
+def test_centred_max_pool_of_minus_infinity_sends_no_gradient_out_of_the_plane(blocks):
+    """A window whose every value is -inf is won by its first tap, the padding (as in the
+    reference): its gradient is dropped. The centred route has no padding to send it to,
+    so such input takes the padded route (and NaN too)."""
+    x = np.zeros((1, 2, 3, 4))
+    x[0, 0, :2, :2] = -np.inf                  # the top-left window: all -inf
+    x[0, 1, 1, 2] = np.nan
+    options = dict(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), ceil_mode=False)
+    with cpu_blocks(blocks), centred_route_count() as calls:
+        fast_y, fast_gx = run(cpu_pool.MaxPool2dFlatPasses, [x[:, :1]], options, gy_seed=1)
+        run(cpu_pool.MaxPool2dFlatPasses, [x[:, 1:]], options, gy_seed=1)
+    assert calls[0] == 0
+    y, gx = run(MaxPool2d, [x[:, :1]], options, gy_seed=1)
+    np.testing.assert_array_equal(fast_y, y)                # maxima are exact, -inf too
+    assert_agree([fast_gx], [gx], np.float64)

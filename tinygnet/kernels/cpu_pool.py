@@ -22,6 +22,13 @@ window. This fast path computes the same pooling with three changes:
   that tinygnet's CPU threads run at once (``threads.parallel_for``), each
   block with its own flat array.
 
+* **Centred windows, stride 1** (the Inception branches' 3x3/1 pools, whose
+  output is the input's size): no padded copy and no crop. Tap d of a pass
+  is the planes moved by d positions along the pass's axis, ONE flat copy,
+  with the padding's value written where the move brought in another row's
+  (or plane's) values: the same taps as the padded planes give, in the
+  input's own layout, so the passes' results are the output.
+
 Max pooling records the winner of each window as a one-byte tap number
 kh * KW + kw; backward turns it into a flat index and scatter-adds gy there
 in one ``np.add.at`` call (which sums the gradients of overlapping windows
@@ -88,19 +95,33 @@ def _crop(grid, out, HP, R, SH):
     out[...] = grid.reshape(P, HP, R)[:, :SH * (OH - 1) + 1:SH, :OW]
 
 
-def _max_of(taps, argmax_dtype=None, inner_argmax_taps=None, inner_K=1):
+def _max_of(taps, argmax_dtype=None, inner_argmax_taps=None, inner_K=1, out=(None, None)):
     """Elementwise max over the taps and, if ``argmax_dtype`` is given, which tap won.
 
     The first of equal maxima wins, as in PyTorch. When the taps are
     themselves maxima whose winners are ``inner_argmax_taps`` (out of
     ``inner_K``), the winner is reported as k * inner_K + inner winner.
+    ``out``: arrays to write the max and the winners into (None: new ones).
     """
-    m = taps[0].copy()
+    out_max, out_argmax = out
+    if len(taps) == 1:
+        argmax = None if argmax_dtype is None else _into(
+            out_argmax, np.zeros(taps[0].shape, argmax_dtype) if inner_argmax_taps is None
+            else inner_argmax_taps[0].astype(argmax_dtype))
+        return _into(out_max, taps[0].copy()), argmax
+    # The first two taps in one pass each (no copy of the first to start from).
     argmax = None
     if argmax_dtype is not None:
-        argmax = (np.zeros(m.shape, dtype=argmax_dtype) if inner_argmax_taps is None
-                  else inner_argmax_taps[0].astype(argmax_dtype))
-    for k in range(1, len(taps)):
+        second_won = np.greater(taps[1], taps[0])        # strictly: a tie keeps tap 0
+        if inner_argmax_taps is None:                    # tap 1's code is 1: the bools are it
+            argmax = second_won.astype(argmax_dtype, copy=False) if (
+                np.dtype(argmax_dtype).itemsize != 1) else second_won.view(argmax_dtype)
+        else:
+            argmax = _into(out_argmax, inner_argmax_taps[0].astype(argmax_dtype))
+            np.maximum(argmax, second_won * (inner_argmax_taps[1] + argmax.dtype.type(inner_K)),
+                       out=argmax)
+    m = np.maximum(taps[0], taps[1], out=out_max)
+    for k in range(2, len(taps)):
         candidate = taps[k]
         if argmax is not None:
             # Only a strictly greater value takes over (ties keep the earlier tap), and
@@ -112,6 +133,14 @@ def _max_of(taps, argmax_dtype=None, inner_argmax_taps=None, inner_K=1):
             np.maximum(argmax, (candidate > m) * tap, out=argmax)
         np.maximum(m, candidate, out=m)
     return m, argmax
+
+
+def _into(out, a):
+    """``a`` written into ``out``, or ``a`` itself when ``out`` is None."""
+    if out is None:
+        return a
+    out[...] = a
+    return out
 
 
 def _sum_of(taps):
@@ -126,6 +155,47 @@ def _add_to_taps(g, out, starts, step):
     for view in _taps(out, starts, step, g.size):
         view += g
     return out
+
+
+def _centred_stride_1(KH, KW, SH, SW, PH, PW):
+    """Windows of odd sides centred on each input position, moved one position at a time:
+    the output is the input's size (padding half the window, stride 1)."""
+    return SH == SW == 1 and KH % 2 == KW % 2 == 1 and (PH, PW) == (KH // 2, KW // 2)
+
+
+def _moved(a, d, length, step, value):
+    """``a`` (flat: planes whose axis of ``length`` positions has neighbours ``step`` apart)
+    moved by ``d`` positions along that axis: out[q] = a[q + d*step] where position + d is
+    inside the axis, else ``value`` (the padding). One flat copy, then the few positions
+    at the ends of the axis."""
+    if d == 0:
+        return a
+    out = np.empty_like(a)
+    shift = d * step
+    ends = out.reshape(-1, length, step)
+    if d > 0:
+        out[:-shift] = a[shift:]
+        ends[:, length - d:, :] = value
+    else:
+        out[-shift:] = a[:shift]
+        ends[:, :-d, :] = value
+    return out
+
+
+def _max_pool_centred(planes, KH, KW, tap_dtype, y, tap):
+    """Max pooling of ``planes`` (P, H, W) with centred KH x KW windows, stride 1, padding
+    of -inf, written into ``y`` and (if ``tap_dtype``) the winning tap kh * KW + kw into
+    ``tap``, both (P, H, W). The taps are the padded planes' (the same values, in the same
+    order), so is every result."""
+    P, H, W = planes.shape
+    flat = planes.reshape(-1)
+    # r[q] = max over kw of flat moved by kw - KW//2 columns; then y over the rows
+    r, argmax_w = _max_of([_moved(flat, kw - KW // 2, W, 1, -np.inf) for kw in range(KW)],
+                          tap_dtype)
+    rows = range(-(KH // 2), KH // 2 + 1)
+    _max_of([_moved(r, d, H, W, -np.inf) for d in rows], tap_dtype,
+            None if tap_dtype is None else [_moved(argmax_w, d, H, W, 0) for d in rows], KW,
+            out=(y.reshape(-1), None if tap is None else tap.reshape(-1)))
 
 
 @register_fast(MaxPool2d, "cpu")
@@ -148,8 +218,17 @@ class MaxPool2dFlatPasses(MaxPool2d):
         y = np.empty((N * C, OH, OW), dtype=x.dtype)
         tap_dtype = np.min_scalar_type(KH * KW - 1) if need_grad else None
         tap = np.empty((N * C, OH, OW), dtype=tap_dtype) if need_grad else None
+        # Centred stride-1 windows skip the padded copy, but a padding tap could win a
+        # window whose values are all -inf (or NaN): backward would then send gy outside
+        # the plane. So only when every value is finite (one pass over x).
+        centred = (_centred_stride_1(KH, KW, SH, SW, PH, PW) and x.size > 0
+                   and bool(np.isfinite(x.min())))
 
         def pool(start, stop):   # planes start..stop (module docstring)
+            if centred:
+                _max_pool_centred(planes[start:stop], KH, KW, tap_dtype, y[start:stop],
+                                  tap[start:stop] if need_grad else None)
+                return
             flat, HP, WP = _flat_padded(planes[start:stop], PH, PW, OH, OW, KH, KW, SH, SW,
                                         value=-np.inf)
             R, L, L_rows = _grid(stop - start, HP, WP, KH, SW)
@@ -165,12 +244,14 @@ class MaxPool2dFlatPasses(MaxPool2d):
         parallel_for(N * C, pool, min_chunk=MIN_BLOCK_ELEMENTS // (H * W) + 1)
         if need_grad:
             self.tap = tap
-            pad_shape = _padded_size((H, W), PH, PW, OH, OW, KH, KW, SH, SW)
-            self.geometry = (x.shape, pad_shape, KH, KW, SH, SW, PH, PW, OH, OW)
+            # Backward's planes: padded, or for centred windows the input's own.
+            pad_shape = (H, W) if centred else _padded_size((H, W), PH, PW, OH, OW, KH, KW,
+                                                              SH, SW)
+            self.geometry = (x.shape, pad_shape, KH, KW, SH, SW, PH, PW, OH, OW, centred)
         return y.reshape(N, C, OH, OW)
 
     def backward(self, gy):
-        x_shape, pad_shape, KH, KW, SH, SW, PH, PW, OH, OW = self.geometry
+        x_shape, pad_shape, KH, KW, SH, SW, PH, PW, OH, OW, centred = self.geometry
         N, C, H, W = x_shape
         HP, WP = pad_shape
         gx_pad = np.zeros((N * C, HP * WP), dtype=gy.dtype)
@@ -178,20 +259,29 @@ class MaxPool2dFlatPasses(MaxPool2d):
         # Flat index in the padded planes of each output's winner: the offset of its
         # tap in the window (tap kh * KW + kw is kh rows and kw columns in), plus where
         # the window starts: plane, row, column (int32 while the planes are small
-        # enough: half the bytes).
+        # enough: half the bytes). Centred windows (unpadded planes) start PH rows and
+        # PW columns before their output's position.
         index = np.int32 if N * C * HP * WP < 2 ** 31 else np.int64
-        offsets = np.asarray([kh * WP + kw for kh in range(KH) for kw in range(KW)], dtype=index)
+        start_offset = -(PH * WP + PW) if centred else 0
+        offsets = np.asarray([kh * WP + kw + start_offset for kh in range(KH) for kw in range(KW)],
+                             dtype=index)
 
         def scatter(start, stop):
             winner = np.take(offsets, self.tap[start:stop])
-            winner += np.arange(0, (stop - start) * HP * WP, HP * WP, dtype=index).reshape(-1, 1, 1)
-            winner += np.arange(0, SH * OH * WP, SH * WP, dtype=index).reshape(-1, 1)
-            winner += np.arange(0, SW * OW, SW, dtype=index)
+            if centred:     # output q's window starts (PH, PW) before input position q
+                winner += np.arange(winner.size, dtype=index).reshape(winner.shape)
+            else:
+                winner += np.arange(0, (stop - start) * HP * WP, HP * WP,
+                                    dtype=index).reshape(-1, 1, 1)
+                winner += np.arange(0, SH * OH * WP, SH * WP, dtype=index).reshape(-1, 1)
+                winner += np.arange(0, SW * OW, SW, dtype=index)
             # One scatter-add: overlapping windows (stride < kernel) may share a winner.
             np.add.at(gx_pad[start:stop].reshape(-1), winner.reshape(-1),
                       gy[start:stop].reshape(-1))
 
         parallel_for(N * C, scatter, min_chunk=MIN_BLOCK_ELEMENTS // (H * W) + 1)
+        if centred:
+            return gx_pad.reshape(N, C, H, W)
         return gx_pad.reshape(N, C, HP, WP)[:, :, PH:PH + H, PW:PW + W]
 
 
