@@ -300,6 +300,24 @@ def test_cpu_relu_takes_strided_arrays(blocks, rng):
 
 
 # --------------------------------------------------------------------------
+# Routes of their own inside a fast path: taken, and matching the reference
+# --------------------------------------------------------------------------
+@contextlib.contextmanager
+def counted(module, name):
+    """Counts the calls of ``module.name`` while inside: ``[calls]``."""
+    function, calls = getattr(module, name), [0]
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return function(*args, **kwargs)
+    setattr(module, name, counting)
+    try:
+        yield calls
+    finally:
+        setattr(module, name, function)
+
+
+# --------------------------------------------------------------------------
 # Max pooling's route for centred stride-1 windows (the Inception branches' pools)
 # --------------------------------------------------------------------------
 @st.composite
@@ -315,27 +333,12 @@ def centred_max_pool_inputs(draw):
                      ceil_mode=draw(st.booleans()))
 
 
-@contextlib.contextmanager
-def centred_route_count():
-    """Counts the calls of cpu_pool's centred route while inside: ``[calls]``."""
-    route, calls = cpu_pool._max_pool_centred, [0]
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return route(*args, **kwargs)
-    cpu_pool._max_pool_centred = counted
-    try:
-        yield calls
-    finally:
-        cpu_pool._max_pool_centred = route
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("blocks", ["one", "many"])
 @given(data=st.data())
 def test_centred_max_pool_takes_its_own_route_and_matches_the_reference(blocks, dtype, data):
     arrays, options = cast(*data.draw(centred_max_pool_inputs()), dtype)
-    with cpu_blocks(blocks), centred_route_count() as calls:
+    with cpu_blocks(blocks), counted(cpu_pool, "_max_pool_centred") as calls:
         fast_result = run(cpu_pool.MaxPool2dFlatPasses, arrays, options, gy_seed=1)
     assert calls[0] >= 1
     assert_agree(fast_result, run(MaxPool2d, arrays, options, gy_seed=1), dtype)
@@ -350,10 +353,39 @@ def test_centred_max_pool_of_minus_infinity_sends_no_gradient_out_of_the_plane(b
     x[0, 0, :2, :2] = -np.inf                  # the top-left window: all -inf
     x[0, 1, 1, 2] = np.nan
     options = dict(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), ceil_mode=False)
-    with cpu_blocks(blocks), centred_route_count() as calls:
+    with cpu_blocks(blocks), counted(cpu_pool, "_max_pool_centred") as calls:
         fast_y, fast_gx = run(cpu_pool.MaxPool2dFlatPasses, [x[:, :1]], options, gy_seed=1)
         run(cpu_pool.MaxPool2dFlatPasses, [x[:, 1:]], options, gy_seed=1)
     assert calls[0] == 0
     y, gx = run(MaxPool2d, [x[:, :1]], options, gy_seed=1)
     np.testing.assert_array_equal(fast_y, y)                # maxima are exact, -inf too
     assert_agree([fast_gx], [gx], np.float64)
+
+
+# --------------------------------------------------------------------------
+# The convolution's route for centred stride-1 kernels (the Inception 3x3 and 5x5)
+# --------------------------------------------------------------------------
+@st.composite
+def centred_conv_inputs(draw):
+    """Odd kernels centred on every position, stride 1, padding half the kernel: planes
+    smaller than the kernel and larger, several images (the moves cross images)."""
+    KH, KW = draw(st.sampled_from([1, 3, 5])), draw(st.sampled_from([3, 5]))
+    N, C, O = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    H, W = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    bias = rng.standard_normal(O) if draw(st.booleans()) else None
+    arrays = [rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, KH, KW)), bias]
+    return arrays, dict(stride=(1, 1), padding=(KH // 2, KW // 2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blocks", ["one", "many"])
+@given(data=st.data())
+def test_centred_conv_takes_its_own_route_and_matches_the_reference(blocks, dtype, data):
+    """Forward, gx and gW, with the columns kept from forward and rebuilt in backward."""
+    arrays, options = cast(*data.draw(centred_conv_inputs()), dtype)
+    with cpu_blocks(blocks), counted(cpu_conv, "_im2col_centred") as im2col, \
+            counted(cpu_conv, "_col2im_centred") as col2im:
+        fast_result = run(cpu_conv.Conv2dOneGemm, arrays, options, gy_seed=1)
+    assert im2col[0] >= 1 and col2im[0] == 1
+    assert_agree(fast_result, run(Conv2d, arrays, options, gy_seed=1), dtype)
