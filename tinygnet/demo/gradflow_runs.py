@@ -33,13 +33,11 @@ from .. import backend
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data import DataLoader
 from ..diagnostics import GradientMonitor, LayerSplit, split_backward
-from ..kernels.threads import use_one_core
-from ..kernels.workspaces import keep_freed_memory
 from ..models import GoogLeNet
 from ..optim import SGD
 from .common import TrainingDiverged, describe_loss
 from .training import evaluate, train_step
-from .workers import (WorkerDied, WorkerTraceback, die_with, how_it_ended, quiet_tqdm,
+from .workers import (WorkerDied, WorkerTraceback, how_it_ended, quiet_tqdm, settle_in,
                       start_process)
 
 RUNS = ("aux", "no_aux")
@@ -333,9 +331,7 @@ def work(connection, config: Config, train, test, parent: int, report_steps: boo
     """A worker process: train each run whose key the parent sends, and send back
     ``("done", RunResult)``, or ``("failed", (error, traceback))``; with ``report_steps``, a
     ``("step", None)`` after each step. Ends when the parent closes the pipe, or dies."""
-    die_with(parent)
-    use_one_core()                # tinygnet's threads and BLAS's: one core (and ONE_THREAD)
-    keep_freed_memory()           # no page faults for the same arrays every step
+    settle_in(parent)             # one core, memory kept, ends with the parent
     quiet_tqdm()                  # a worker draws no bars
     on_step = (lambda: connection.send(("step", None))) if report_steps else None
     # NumPy's error handling as the parent's: the warnings it silences are silent here too.

@@ -47,12 +47,10 @@ import numpy as np
 
 from .. import backend
 from ..data import DataLoader
-from ..kernels.threads import use_one_core
-from ..kernels.workspaces import keep_freed_memory
 from ..models import GoogLeNet, GoogLeNetLoss, GoogLeNetOutputs, googlenet_loss
 from ..tensor import Tensor
 from .training import predict_classes
-from .workers import WorkerDied, WorkerTraceback, die_with, how_it_ended, start_process
+from .workers import WorkerDied, WorkerTraceback, how_it_ended, settle_in, start_process
 
 __all__ = ["DataParallel", "part_sizes"]
 
@@ -233,9 +231,7 @@ def work(connection, model_args: dict, parent: int, errors: dict) -> None:
     (``train_part``) or ``("predict", ...)`` (``predict_part``), and send back
     ``("done", reply)`` or ``("failed", (error, traceback))``. Ends when the parent closes
     the pipe, or dies."""
-    die_with(parent)
-    use_one_core()                # tinygnet's threads and BLAS's: one core (and ONE_THREAD)
-    keep_freed_memory()           # no page faults for the same arrays every step
+    settle_in(parent)             # one core, memory kept, ends with the parent
     model = GoogLeNet(**model_args)
     model.train()                 # dropout on, batch norm on the part's statistics, aux heads on
     # NumPy's error handling as the parent's: the warnings it silences are silent here too.

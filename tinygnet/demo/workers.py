@@ -10,7 +10,10 @@ are born the same way, here:
   the threads;
 - on one core: BLAS held to one thread through the environment the worker
   starts with (``ONE_THREAD``: it must be set before NumPy loads BLAS), and
-  tinygnet's own pool held to one thread by the worker (``set_num_threads(1)``);
+  again by the worker with tinygnet's own pool (``settle_in``: ``use_one_core``),
+  whatever the script that spawned it asked of BLAS;
+- keeping the memory it frees for its next arrays (``settle_in``:
+  ``keep_freed_memory``): each step allocates the arrays the last one freed;
 - deaf to Ctrl-C (and to whatever else ``deaf_to`` names): the terminal
   sends Ctrl-C to every process of the group, and it is the parent's to
   handle. A worker is born ignoring them: an ignored signal stays ignored
@@ -18,8 +21,9 @@ are born the same way, here:
   ``spawn``), and Python then leaves it ignored. The parent blocks them
   meanwhile, so that one sent while a worker starts waits for the parent's
   own handler, not lost;
-- dying with the parent (``die_with``): a parent killed by ``kill -9``
-  cleans nothing up, and a worker left behind would hold a core for nothing.
+- dying with the parent (``die_with``, called by ``settle_in``): a parent
+  killed by ``kill -9`` cleans nothing up, and a worker left behind would
+  hold a core for nothing.
 """
 from __future__ import annotations
 
@@ -31,8 +35,11 @@ import threading
 
 from tqdm.auto import tqdm
 
-__all__ = ["ONE_THREAD", "WorkerDied", "WorkerTraceback", "start_process", "die_with",
-           "how_it_ended", "quiet_tqdm"]
+from ..kernels.threads import use_one_core
+from ..kernels.workspaces import keep_freed_memory
+
+__all__ = ["ONE_THREAD", "WorkerDied", "WorkerTraceback", "start_process", "settle_in",
+           "die_with", "how_it_ended", "quiet_tqdm"]
 
 ONE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
 
@@ -70,6 +77,15 @@ def start_process(context, target, args, name, deaf_to=(signal.SIGINT,)):
             else:
                 os.environ[variable] = value
     return process
+
+
+def settle_in(parent: int) -> None:
+    """What a worker does first: end with its ``parent`` (``die_with``), run on one core
+    (tinygnet's threads and BLAS's, ``use_one_core``) and keep the memory it frees for its
+    next arrays (``keep_freed_memory``)."""
+    die_with(parent)
+    use_one_core()
+    keep_freed_memory()
 
 
 def die_with(parent: int) -> None:

@@ -23,7 +23,9 @@ loss.CrossEntropy      cuda    cuda.CrossEntropyCuda
 
 The machinery the CPU paths share: ``threads`` (blocks of work on tinygnet's
 CPU threads, BLAS kept to one thread while the fast paths are on) and
-``workspaces`` (scratch arrays reused from call to call). The CUDA C sources and their launchers are in
+``workspaces`` (scratch arrays reused from call to call, and
+``keep_freed_memory``, which a program calls to have every array's memory
+reused from step to step). The CUDA C sources and their launchers are in
 ``cuda_kernels``.
 """
 from . import cpu_activation, cpu_conv, cpu_norm, cpu_pool, cuda   # importing them registers the fast paths
