@@ -1,7 +1,7 @@
 """The fast CPU convolution: one GEMM over the whole batch, on several threads.
 
 The reference (``functional/conv.py``) does im2col and one matrix product per
-image. This fast path computes the same convolution with three changes:
+image. This fast path computes the same convolution with these changes:
 
 * **One GEMM for the batch** (KH x KW kernels): cols is laid out
   (C*KH*KW, N*OH*OW), all the images side by side, so y = W2 @ cols and
@@ -18,11 +18,16 @@ image. This fast path computes the same convolution with three changes:
   the transposed y and gy) live in workspaces that every call reuses
   (``workspaces.workspace``): fresh arrays that size cost a page fault per
   page.
-
 * **Columns kept for backward**: the weight gradient needs cols again. They
   are kept from forward in memory lent by ``workspaces.lend`` (the same
   memory every step) while a budget allows; past it, backward rebuilds
   them from x, so the saved state stays the size of x, not KH*KW times it.
+* **Centred stride-1 kernels** (GoogLeNet's 3x3 and 5x5 in the Inception
+  branches: the output is the input's size): row (kh, kw) of cols is x moved
+  by (kh - PH, kw - PW), so im2col builds it with ONE flat copy of x (in
+  (C, N*H*W) order) and writes zeros where the move left the plane, and
+  col2im adds it back with one flat add, instead of strided copies and adds
+  whose inner runs are rows of W values.
 
 docs/performance.md has what each of these bought.
 """

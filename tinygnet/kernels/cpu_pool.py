@@ -1,7 +1,7 @@
 """The fast CPU pooling: separable passes over flat arrays, on several threads.
 
 The reference (``functional/pool.py``) loops over the KH*KW offsets of the
-window. This fast path computes the same pooling with three changes:
+window. This fast path computes the same pooling with these changes:
 
 * **Separable**: a window is KH rows of KW columns, so both pools pool along
   W, then along H: KW + KH passes, not KH*KW.
