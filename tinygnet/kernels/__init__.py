@@ -22,7 +22,9 @@ loss.CrossEntropy      cuda    cuda.CrossEntropyCuda
 =====================  ======  ==========================================
 
 The machinery the CPU paths share: ``threads`` (blocks of work on tinygnet's
-CPU threads, BLAS kept to one thread while the fast paths are on) and
+CPU threads, BLAS kept to one thread while the fast paths are on), ``moves``
+(planes moved by a few positions in one flat copy: centred stride-1 windows
+without a padded copy, for max pooling and the convolution) and
 ``workspaces`` (scratch arrays reused from call to call, and
 ``keep_freed_memory``, which a program calls to have every array's memory
 reused from step to step). The CUDA C sources and their launchers are in

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..dispatch import register_fast
 from ..functional.conv import Conv2d, conv_output_size, is_pointwise
+from .moves import add_moved_back, centred_stride_1, move
 from .threads import parallel_for, parallel_matmul
 from .workspaces import lend, workspace
 
@@ -57,24 +58,6 @@ def _windows(x_pad, KH, KW, SH, SW, OH, OW):
         x_pad, shape=(N, C, KH, KW, OH, OW), strides=(sN, sC, sH, sW, sH * SH, sW * SW))
 
 
-def _centred_stride_1(KH, KW, SH, SW, PH, PW):
-    """Kernels of odd sides centred on each input position, stride 1 (padding half the
-    kernel): the output is the input's size, and row (kh, kw) of cols is x itself moved
-    by (kh - PH, kw - PW), zeros where the move left the plane."""
-    return SH == SW == 1 and KH % 2 == KW % 2 == 1 and (PH, PW) == (KH // 2, KW // 2)
-
-
-def _outside(planes, dh, dw):
-    """The positions of ``planes`` (..., H, W) that a move by (dh, dw) takes off the plane:
-    a list of views (the last |dh| rows, or first, and the last |dw| columns, or first)."""
-    views = []
-    if dh:
-        views.append(planes[..., -dh:, :] if dh > 0 else planes[..., :-dh, :])
-    if dw:
-        views.append(planes[..., -dw:] if dw > 0 else planes[..., :-dw])
-    return views
-
-
 def _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW, out=None):
     """cols (C*KH*KW, N*OH*OW), all images side by side:
     cols[(c, kh, kw), (n, oh, ow)] = x_pad[n, c, oh*SH + kh, ow*SW + kw].
@@ -83,7 +66,7 @@ def _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW, out=None):
     valid until the next im2col."""
     N, C, H, W = x.shape
     cols = out if out is not None else workspace("conv.cols", (C, KH, KW, N, OH, OW), x.dtype)
-    if _centred_stride_1(KH, KW, SH, SW, PH, PW):
+    if centred_stride_1(KH, KW, SH, SW, PH, PW):
         return _im2col_centred(x, KH, KW, cols)
     x_pad = workspace("conv.x_pad", (N, C, H + 2 * PH, W + 2 * PW), x.dtype) if (PH or PW) else x
 
@@ -100,36 +83,26 @@ def _im2col_batch(x, KH, KW, SH, SW, PH, PW, OH, OW, out=None):
 
 def _im2col_centred(x, KH, KW, cols):
     """_im2col_batch for centred stride-1 kernels, into ``cols`` (C, KH, KW, N, H, W): x
-    once in (C, N*H*W) order, then each row (kh, kw) of cols is that moved by
-    (kh - KH//2) * W + (kw - KW//2) in ONE flat copy (long runs, where the padded windows'
-    copy runs rows of W), with zeros written where the move brought in another row's or
-    image's values: the padding."""
+    once in (C, N, H, W) order, then row (kh, kw) of cols is that moved by
+    (kh - KH//2, kw - KW//2), zeros off the plane: one flat copy each (``moves.move``)."""
     N, C, H, W = x.shape
-    L = N * H * W
     x_cn = workspace("conv.x_cn", (C, N, H, W), x.dtype)
 
     def copy(c0, c1):
         x_cn[c0:c1] = x[:, c0:c1].transpose(1, 0, 2, 3)
-        source = x_cn[c0:c1].reshape(c1 - c0, L)
         for kh in range(KH):
             for kw in range(KW):
-                dh, dw = kh - KH // 2, kw - KW // 2
-                shift = dh * W + dw
-                row = cols[c0:c1, kh, kw].reshape(c1 - c0, L)
-                if abs(shift) < L:    # else the whole row is padding (planes smaller than K)
-                    row[:, max(0, -shift):L - max(0, shift)] = source[:, max(0, shift):
-                                                                      L + min(0, shift)]
-                for view in _outside(row.reshape(c1 - c0, N, H, W), dh, dw):
-                    view[...] = 0          # also the ends the copy did not reach
-    parallel_for(C, copy, min_chunk=MIN_BLOCK_ELEMENTS // (L * KH * KW) + 1)
-    return cols.reshape(C * KH * KW, L)
+                move(cols[c0:c1, kh, kw], x_cn[c0:c1], kh - KH // 2, kw - KW // 2, 0)
+
+    parallel_for(C, copy, min_chunk=MIN_BLOCK_ELEMENTS // (N * H * W * KH * KW) + 1)
+    return cols.reshape(C * KH * KW, N * H * W)
 
 
 def _col2im_batch(gcols, x_shape, KH, KW, SH, SW, PH, PW, OH, OW):
     """The adjoint of _im2col_batch: gx (N, C, H, W) from gcols (C*KH*KW, N*OH*OW)."""
     N, C, H, W = x_shape
     gcols = gcols.reshape(C, KH, KW, N, OH, OW)
-    if _centred_stride_1(KH, KW, SH, SW, PH, PW):
+    if centred_stride_1(KH, KW, SH, SW, PH, PW):
         return _col2im_centred(gcols, x_shape)
     # Accumulate in gcols' own (C, N, ...) order (long runs in memory), then one
     # transposing copy to NCHW; each thread takes a block of channels.
@@ -149,32 +122,22 @@ def _col2im_batch(gcols, x_shape, KH, KW, SH, SW, PH, PW, OH, OW):
 
 def _col2im_centred(gcols, x_shape):
     """_col2im_batch for centred stride-1 kernels, gcols (C, KH, KW, N, H, W) (overwritten):
-    each row (kh, kw), its padding's entries zeroed, is added to gx (C, N*H*W) moved back
-    by (kh - KH//2) * W + (kw - KW//2), in ONE flat add; the rows in the order of
-    _col2im_batch's strided adds, so every sum is the same, bit for bit (the zeroed entries
-    add 0.0 to a neighbour)."""
+    each row (kh, kw) added back into gx (C, N, H, W), its padding's entries dropped, one
+    flat add each (``moves.add_moved_back``), in the order of _col2im_batch's strided adds:
+    every sum is the same, bit for bit (a dropped entry adds 0.0 to a neighbour)."""
     N, C, H, W = x_shape
     KH, KW = gcols.shape[1:3]
-    L = N * H * W
-    gx_cn = workspace("conv.gx_cn", (C, L), gcols.dtype)
+    gx_cn = workspace("conv.gx_cn", (C, N, H, W), gcols.dtype)
     gx = np.empty(x_shape, dtype=gcols.dtype)
 
     def add_rows(c0, c1):
         gx_cn[c0:c1] = 0
         for kh in range(KH):
             for kw in range(KW):
-                dh, dw = kh - KH // 2, kw - KW // 2
-                shift = dh * W + dw
-                row = gcols[c0:c1, kh, kw]                                 # c, N, H, W
-                for view in _outside(row, dh, dw):
-                    view[...] = 0                  # gradients of the padding: dropped
-                row = row.reshape(c1 - c0, L)
-                if abs(shift) < L:
-                    gx_cn[c0:c1, max(0, shift):L + min(0, shift)] += row[:, max(0, -shift):
-                                                                         L - max(0, shift)]
-        gx[:, c0:c1] = gx_cn[c0:c1].reshape(c1 - c0, N, H, W).transpose(1, 0, 2, 3)
+                add_moved_back(gx_cn[c0:c1], gcols[c0:c1, kh, kw], kh - KH // 2, kw - KW // 2)
+        gx[:, c0:c1] = gx_cn[c0:c1].transpose(1, 0, 2, 3)
 
-    parallel_for(C, add_rows, min_chunk=MIN_BLOCK_ELEMENTS // (L * KH * KW) + 1)
+    parallel_for(C, add_rows, min_chunk=MIN_BLOCK_ELEMENTS // (N * H * W * KH * KW) + 1)
     return gx
 
 

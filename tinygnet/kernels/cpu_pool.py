@@ -40,6 +40,7 @@ import numpy as np
 
 from ..dispatch import register_fast
 from ..functional.pool import AvgPool2d, MaxPool2d, pool_output_size, window_sizes
+from .moves import centred_stride_1, move
 from .threads import parallel_for
 
 __all__ = ["MaxPool2dFlatPasses", "AvgPool2dFlatPasses"]
@@ -114,8 +115,8 @@ def _max_of(taps, argmax_dtype=None, inner_argmax_taps=None, inner_K=1, out=(Non
     if argmax_dtype is not None:
         second_won = np.greater(taps[1], taps[0])        # strictly: a tie keeps tap 0
         if inner_argmax_taps is None:                    # tap 1's code is 1: the bools are it
-            argmax = second_won.astype(argmax_dtype, copy=False) if (
-                np.dtype(argmax_dtype).itemsize != 1) else second_won.view(argmax_dtype)
+            argmax = _into(out_argmax, second_won.astype(argmax_dtype, copy=False) if (
+                np.dtype(argmax_dtype).itemsize != 1) else second_won.view(argmax_dtype))
         else:
             argmax = _into(out_argmax, inner_argmax_taps[0].astype(argmax_dtype))
             np.maximum(argmax, second_won * (inner_argmax_taps[1] + argmax.dtype.type(inner_K)),
@@ -157,45 +158,25 @@ def _add_to_taps(g, out, starts, step):
     return out
 
 
-def _centred_stride_1(KH, KW, SH, SW, PH, PW):
-    """Windows of odd sides centred on each input position, moved one position at a time:
-    the output is the input's size (padding half the window, stride 1)."""
-    return SH == SW == 1 and KH % 2 == KW % 2 == 1 and (PH, PW) == (KH // 2, KW // 2)
-
-
-def _moved(a, d, length, step, value):
-    """``a`` (flat: planes whose axis of ``length`` positions has neighbours ``step`` apart)
-    moved by ``d`` positions along that axis: out[q] = a[q + d*step] where position + d is
-    inside the axis, else ``value`` (the padding). One flat copy, then the few positions
-    at the ends of the axis."""
-    if d == 0:
-        return a
-    out = np.empty_like(a)
-    shift = d * step
-    ends = out.reshape(-1, length, step)
-    if d > 0:
-        out[:-shift] = a[shift:]
-        ends[:, length - d:, :] = value
-    else:
-        out[-shift:] = a[:shift]
-        ends[:, :-d, :] = value
-    return out
-
-
 def _max_pool_centred(planes, KH, KW, tap_dtype, y, tap):
     """Max pooling of ``planes`` (P, H, W) with centred KH x KW windows, stride 1, padding
     of -inf, written into ``y`` and (if ``tap_dtype``) the winning tap kh * KW + kw into
     ``tap``, both (P, H, W). The taps are the padded planes' (the same values, in the same
     order), so is every result."""
-    P, H, W = planes.shape
-    flat = planes.reshape(-1)
-    # r[q] = max over kw of flat moved by kw - KW//2 columns; then y over the rows
-    r, argmax_w = _max_of([_moved(flat, kw - KW // 2, W, 1, -np.inf) for kw in range(KW)],
+    def moved(a, dh, dw, value):          # a (P, H, W) moved: one row of moves.move
+        if dh == dw == 0:
+            return a
+        out = np.empty_like(a)
+        move(out[None], a[None], dh, dw, value)
+        return out
+
+    # r = max over kw of the planes moved by kw - KW//2 columns; then y over the rows
+    r, argmax_w = _max_of([moved(planes, 0, kw - KW // 2, -np.inf) for kw in range(KW)],
                           tap_dtype)
     rows = range(-(KH // 2), KH // 2 + 1)
-    _max_of([_moved(r, d, H, W, -np.inf) for d in rows], tap_dtype,
-            None if tap_dtype is None else [_moved(argmax_w, d, H, W, 0) for d in rows], KW,
-            out=(y.reshape(-1), None if tap is None else tap.reshape(-1)))
+    _max_of([moved(r, d, 0, -np.inf) for d in rows], tap_dtype,
+            None if tap_dtype is None else [moved(argmax_w, d, 0, 0) for d in rows], KW,
+            out=(y, tap))
 
 
 @register_fast(MaxPool2d, "cpu")
@@ -221,7 +202,7 @@ class MaxPool2dFlatPasses(MaxPool2d):
         # Centred stride-1 windows skip the padded copy, but a padding tap could win a
         # window whose values are all -inf (or NaN): backward would then send gy outside
         # the plane. So only when every value is finite (one pass over x).
-        centred = (_centred_stride_1(KH, KW, SH, SW, PH, PW) and x.size > 0
+        centred = (centred_stride_1(KH, KW, SH, SW, PH, PW) and x.size > 0
                    and bool(np.isfinite(x.min())))
 
         def pool(start, stop):   # planes start..stop (module docstring)
