@@ -130,8 +130,8 @@ def keep_freed_memory() -> bool:
     What it costs: the process holds on to its peak memory (it is not given
     back between steps). Process-wide, for the process's life; a program calls
     it (the demos do, in every process that trains), not the library. Returns
-    False, changing nothing, where the C library has no ``mallopt`` (not
-    glibc: macOS, musl).
+    True when glibc took both settings; False off Linux, where the C library
+    has no ``mallopt``, or where it does not take them (musl's accepts none).
     """
     if not sys.platform.startswith("linux"):
         return False
