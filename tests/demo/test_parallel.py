@@ -356,8 +356,8 @@ def _page_faults(pid: int) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, and glibc's mallopt")
 def test_workers_keep_freed_memory_so_a_step_faults_no_pages_in():
     """A step frees and allocates the same arrays as the last: in a worker that keeps freed
-    memory (``keep_freed_memory``) it faults (almost) no pages in; glibc's defaults would give
-    the big arrays back and fault them in again, thousands of pages a step."""
+    memory (``keep_freed_memory``) it faults few pages in; glibc's defaults would give the big
+    arrays back and fault them in again, over a thousand pages a step."""
     args = dict(num_classes=10, config="cifar", width=0.125, stem_stride=2, batchnorm=True)
     model = GoogLeNet(**args)
     model.train()
@@ -369,4 +369,6 @@ def test_workers_keep_freed_memory_so_a_step_faults_no_pages_in():
         before = [_page_faults(process.pid) for process, _ in parallel.workers]
         parallel.train_step(model, x, y, optimizer)
         after = [_page_faults(process.pid) for process, _ in parallel.workers]
-    assert all(b - a < 100 for a, b in zip(before, after)), (before, after)
+    # Measured per worker and step: 0-3 pages on an idle machine, about 260 with the cores busy
+    # with other work (the suite's other tests); 1,600-2,400 without keep_freed_memory.
+    assert all(b - a < 800 for a, b in zip(before, after)), (before, after)
