@@ -22,6 +22,7 @@ from tinygnet.demo import cifar
 from tinygnet.demo.cifar import ArrayDataset, Config
 from tinygnet.demo.common import TrainingDiverged, UsageError
 from tinygnet.demo.run import Trainer
+from tinygnet.demo.workers import more_workers_than_cores
 from tinygnet.models import INITS
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -614,10 +615,17 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_files(tmp_path, poison
     assert _outputs(tmp_path / "run") == after_epoch_1
 
 
-def test_a_diverging_run_says_what_happened_and_exits_1(fake_cifar, fast_plots, tmp_path, capsys):
+def test_a_diverging_run_says_what_happened_and_exits_1(fake_cifar, fast_plots, tmp_path, capsys,
+                                                        monkeypatch):
     out = tmp_path / "run"
+    # Run as under `taskset -c 0`: the two processes (the default) are told to take turns.
+    monkeypatch.setattr(cifar.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     status = cifar.main(SMALL + ["--lr", "1e20", "--data", fake_cifar, "--out", str(out)])
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    assert captured.out.startswith("tinygnet CIFAR-10 demo on CPU (1 core): ")
+    assert ("\nnote: --processes 2 starts 2 worker processes, one for each core, but this "
+            "process may run on 1 core: the workers will take turns\n") in captured.out
     assert status == 1
     assert err.startswith("python -m tinygnet.demo cifar: error: the run diverged: the loss is ")
     assert "at epoch 1, step 2 of 2" in err and "try a smaller --lr (this run: 1e+20)" in err
@@ -779,3 +787,7 @@ def test_the_header_counts_the_cores_the_run_may_use(monkeypatch):
     assert cifar._device_name("cpu") == "CPU (1 core)"
     monkeypatch.setattr(cifar.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
     assert cifar._device_name("cpu") == "CPU (3 cores)"
+    assert more_workers_than_cores(3, "--processes") == ""       # a core each
+    assert more_workers_than_cores(4, "--processes") == (
+        "note: --processes 4 starts 4 worker processes, one for each core, but this process may "
+        "run on 3 cores: the workers will take turns")

@@ -601,11 +601,15 @@ def test_a_worker_that_dies_stops_the_experiment_in_one_line_keeping_the_finishe
 
 @pytest.mark.slow
 def test_a_run_diverging_in_a_worker_stops_the_experiment_with_the_same_line(fake_cifar, tmp_path,
-                                                                             capfd):
+                                                                             capfd, monkeypatch):
     out = tmp_path / "out"              # capfd: the workers write to the file descriptors
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # taskset -c 0
     status = gradflow.main(["--data", fake_cifar, "--out", str(out), "--lr", "1e4", "--init",
                             "xavier", "--seeds", "1"] + TINY + ["--jobs", "2"])
-    err = capfd.readouterr().err
+    captured = capfd.readouterr()
+    err = captured.err
+    assert ("note: --jobs 2 starts 2 worker processes, one for each core, but this process may "
+            "run on 1 core: the workers will take turns\n") in captured.out
     assert status == 1
     assert err.startswith("python -m tinygnet.demo gradflow: error: run 'xavier, with")
     assert "aux heads, seed 0' diverged: the loss is nan" in err

@@ -70,7 +70,7 @@ from .common import (TrainingDiverged, UsageError, claim_out_folder, default_out
                      probability, resolve_device, sigterm_interrupts, width_factor, write_text)
 from .run import CHECKPOINT_KIND, OUTPUTS, Trainer
 from .training import TTA_DESCRIPTIONS, TTA_VIEWS
-from .workers import WorkerDied
+from .workers import WorkerDied, more_workers_than_cores, usable_cores
 
 PROG = "python -m tinygnet.demo cifar"
 
@@ -494,6 +494,9 @@ def _run(argv, held: contextlib.ExitStack) -> int:
           f"{TTA_DESCRIPTIONS[config.tta]}"
           + (f", the final weights also on {TTA_DESCRIPTIONS[config.final_tta]}"
              if config.final_tta != config.tta else ""))
+    note = more_workers_than_cores(config.processes, "--processes")
+    if note:                           # --processes 1 asks for no worker: never a note
+        print(note)
     checkpoint = os.path.join(config.out, "checkpoint.npz")
     try:
         config.out = claim_out_folder(config.out, OUTPUTS, replace=args.overwrite)
@@ -612,9 +615,7 @@ def _plural(count, noun) -> str:
 
 def _device_name(device: str) -> str:
     if device == "cpu":
-        usable = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                  else os.cpu_count() or 1)       # the cores this process may run on
-        return f"CPU ({_plural(usable, 'core')})"
+        return f"CPU ({_plural(usable_cores(), 'core')})"
     cupy = backend.cupy_or_none()
     index = int(device.split(":")[1])
     name = cupy.cuda.runtime.getDeviceProperties(index)["name"]

@@ -90,6 +90,7 @@ from .common import (TrainingDiverged, UsageError, claim_out_folder, default_out
 from .gradflow_plots import plot_gradflow, plot_split, plot_training
 from .gradflow_runs import Config, WorkerDied, load_runs, run_experiment, save_runs
 from .gradflow_stats import plural, summary_lines, write_csv
+from .workers import more_workers_than_cores, usable_cores
 
 PROG = "python -m tinygnet.demo gradflow"
 
@@ -217,13 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars")
     return parser
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity, where the system tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def default_jobs(device: str) -> int:
@@ -359,6 +353,9 @@ def _run(args, argv, held: contextlib.ExitStack) -> int:
     jobs = min(args.jobs or default_jobs(config.device), total - len(finished))
     if jobs > 1:
         print(f"{jobs} runs at a time, each in a worker process on one core (--jobs)")
+        note = more_workers_than_cores(jobs, "--jobs")
+        if note:
+            print(note)
     runs_file = os.path.join(config.out, RUNS_FILE)
 
     def keep(results):

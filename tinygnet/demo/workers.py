@@ -39,7 +39,7 @@ from ..kernels.threads import use_one_core
 from ..kernels.workspaces import keep_freed_memory
 
 __all__ = ["ONE_THREAD", "WorkerDied", "WorkerTraceback", "start_process", "settle_in",
-           "die_with", "how_it_ended", "quiet_tqdm"]
+           "die_with", "how_it_ended", "quiet_tqdm", "usable_cores", "more_workers_than_cores"]
 
 ONE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
 
@@ -54,6 +54,25 @@ class WorkerTraceback(Exception):
 
     def __str__(self):
         return "\n\nin the worker process:\n" + self.args[0]
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the system tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def more_workers_than_cores(workers: int, option: str) -> str:
+    """A one-line note when ``workers`` worker processes, each meant to have a core of its
+    own, would share fewer cores than that (``option`` names the flag that asked for them);
+    '' when each has its core."""
+    cores = usable_cores()
+    if workers <= cores:
+        return ""
+    return (f"note: {option} {workers} starts {workers} worker processes, one for each core, "
+            f"but this process may run on {cores} core{'' if cores == 1 else 's'}: "
+            f"the workers will take turns")
 
 
 def start_process(context, target, args, name, deaf_to=(signal.SIGINT,)):
