@@ -34,8 +34,8 @@ ARGV = ["--device", "cpu", "--epochs", "2", "--batch-size", "16", "--width", "0.
         "--train-images", "32", "--seed", str(SEED), "--no-progress", "--no-download"]
 # The kill at every write runs dozens of runs; the writes are the parent's alone whatever
 # --processes (the CPU default, two, above), so there one process, with no workers to start in
-# each run; seed 4 improves in epoch 2 there.
-ARGV_ONE = ARGV[:ARGV.index("--seed")] + ["--seed", "4", "--processes", "1", "--no-progress",
+# each run; seed 0 improves in epoch 2 there.
+ARGV_ONE = ARGV[:ARGV.index("--seed")] + ["--seed", "0", "--processes", "1", "--no-progress",
                                           "--no-download"]
 STEPS_PER_EPOCH = 2
 METRICS_WITHOUT_TIMES = 10    # epoch, the four losses, train_acc, test_acc (main, aux1, aux2), lr

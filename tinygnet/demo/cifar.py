@@ -82,8 +82,10 @@ PROG = "python -m tinygnet.demo cifar"
 # (Inception stages at 16/8/4 pixels) makes the network 4x cheaper; batch
 # norm lets a 22-layer network train in a handful of epochs at all; short
 # runs gain from milder augmentation (crops of a 2-pixel padding, no
-# dropout before the classifier) and from testing each image with its
-# mirror. docs/cifar.md has the machine they were chosen on, the measured
+# dropout before the classifier) and from testing the final weights on 6
+# views of each image. The test after each epoch, a progress report, runs
+# the image alone: the last epoch's test runs on through the 6 views in the
+# same pass. docs/cifar.md has the machine they were chosen on, the measured
 # runs and what each setting gave.
 #
 # GPU: the full-width network of the paper (cifar stem), aiming at >= 93%.
@@ -92,14 +94,14 @@ CPU_DEFAULTS = dict(
     width=0.125, stem_stride=2, batchnorm=True, epochs=9, batch_size=128,
     optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4,
     schedule="onecycle", label_smoothing=0.1, aux_weight=0.3,
-    dropout=0.0, aux_dropout=0.7, crop_padding=2, tta="mirror", final_tta="shifts", ema=0.0,
+    dropout=0.0, aux_dropout=0.7, crop_padding=2, tta="none", final_tta="shifts", ema=0.0,
     log_every=1, processes=2,
 )
 GPU_DEFAULTS = dict(
     width=1.0, stem_stride=1, batchnorm=True, epochs=30, batch_size=128,
     optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
     schedule="onecycle", label_smoothing=0.1, aux_weight=0.3,
-    dropout=0.4, aux_dropout=0.7, crop_padding=4, tta="mirror", final_tta="shifts", ema=0.0,
+    dropout=0.4, aux_dropout=0.7, crop_padding=4, tta="none", final_tta="shifts", ema=0.0,
     log_every=25, processes=1,
 )
 # --quick: a few hundred images, one short epoch of a small network.
