@@ -1,5 +1,6 @@
 """Planes moved by a few positions (``kernels/moves.py``): against padding, and the adjoint."""
 import numpy as np
+import pytest
 from hypothesis import example, given, strategies as st
 
 from tinygnet.kernels.moves import add_moved_back, centred_stride_1, move
@@ -60,3 +61,19 @@ def test_centred_stride_1_is_odd_centred_windows_one_step_at_a_time():
     assert not centred_stride_1(3, 3, 2, 1, 1, 1)        # stride 2
     assert not centred_stride_1(4, 4, 1, 1, 2, 2)        # even: not centred
     assert not centred_stride_1(3, 3, 1, 1, 0, 0)        # no padding: smaller output
+
+
+def test_an_array_written_through_rows_that_are_not_contiguous_is_refused():
+    """A reshape of such rows is a copy: the writes would be lost without a word."""
+    a = np.arange(24.0).reshape(2, 1, 3, 4)
+    strided = np.zeros((2, 1, 3, 8))[..., ::2]            # rows of every other column
+    message = r"^moves: an array of shape \(2, 1, 3, 4\) and strides .* is written through its rows"
+    with pytest.raises(ValueError, match=message):
+        move(strided, a, 1, 0, 0.0)
+    with pytest.raises(ValueError, match=message):
+        add_moved_back(strided, a.copy(), 1, 0)
+    with pytest.raises(ValueError, match=message):
+        add_moved_back(np.zeros_like(a), np.zeros((2, 1, 3, 8))[..., ::2], 1, 0)
+    # Read only, the source may be strided: the same move as from a contiguous copy.
+    np.testing.assert_array_equal(move(np.empty_like(a), strided + a, 1, -1, 0.0),
+                                  move(np.empty_like(a), a.copy(), 1, -1, 0.0))

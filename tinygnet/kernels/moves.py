@@ -32,7 +32,7 @@ def move(out, a, dh, dw, value):
     ``a`` and ``out`` are (R, ..., H, W); each of the R rows moves on its own (a row must be
     contiguous: its planes end to end), in one flat copy.
     """
-    flat_out, flat_a = _rows(out), _rows(a)
+    flat_out, flat_a = _rows(out, written=True), _rows(a)
     L, shift = flat_a.shape[1], dh * a.shape[-1] + dw
     if abs(shift) < L:            # else every position is off the plane (planes smaller than K)
         flat_out[:, max(0, -shift):L - max(0, shift)] = flat_a[:, max(0, shift):L + min(0, shift)]
@@ -47,16 +47,20 @@ def add_moved_back(out, a, dh, dw):
     zeroed; they then add 0.0 to a neighbour). Same shapes as ``move``."""
     for view in _off_the_plane(a, dh, dw):
         view[...] = 0
-    flat_out, flat_a = _rows(out), _rows(a)
+    flat_out, flat_a = _rows(out, written=True), _rows(a, written=True)
     L, shift = flat_a.shape[1], dh * a.shape[-1] + dw
     if abs(shift) < L:
         flat_out[:, max(0, shift):L + min(0, shift)] += flat_a[:, max(0, -shift):L - max(0, shift)]
     return out
 
 
-def _rows(a):
-    """``a`` (R, ...) as (R, L): each row's values end to end (a view, as each row is
-    contiguous: the callers' arrays are)."""
+def _rows(a, written=False):
+    """``a`` (R, ...) as (R, L): each row's values end to end. An array written through it
+    must give a view (each row contiguous, as the callers' arrays are): a reshape that had to
+    copy would take the writes with it, so that is an error."""
+    if written and a.size and not a[0].flags.c_contiguous:
+        raise ValueError(f"moves: an array of shape {a.shape} and strides {a.strides} is "
+                         f"written through its rows, which must each be contiguous")
     return a.reshape(a.shape[0], -1)
 
 
@@ -65,7 +69,7 @@ def _off_the_plane(planes, dh, dw):
     plane, as views of each row's values end to end: the last dh rows of every plane (or
     first -dh), the last dw columns of every row (or first -dw)."""
     H, W = planes.shape[-2:]
-    flat = _rows(planes)
+    flat = _rows(planes, written=True)
     views = []
     if dh:
         plane_rows = flat.reshape(flat.shape[0], -1, H * W)       # R, planes, H*W
