@@ -366,9 +366,14 @@ def test_workers_keep_freed_memory_so_a_step_faults_no_pages_in():
     with DataParallel(args, processes=2) as parallel:
         for _ in range(3):
             parallel.train_step(model, x, y, optimizer)
-        before = [_page_faults(process.pid) for process, _ in parallel.workers]
-        parallel.train_step(model, x, y, optimizer)
-        after = [_page_faults(process.pid) for process, _ in parallel.workers]
-    # Measured per worker and step: 0-3 pages on an idle machine, about 260 with the cores busy
-    # with other work (the suite's other tests); 1,600-2,400 without keep_freed_memory.
-    assert all(b - a < 800 for a, b in zip(before, after)), (before, after)
+        steps = []                     # each worker's page faults in each of 3 more steps
+        for _ in range(3):
+            before = [_page_faults(process.pid) for process, _ in parallel.workers]
+            parallel.train_step(model, x, y, optimizer)
+            steps.append([_page_faults(process.pid) - faults
+                          for (process, _), faults in zip(parallel.workers, before)])
+    # Measured per worker and step: 0-6 pages; without keep_freed_memory 1,600-2,400, every
+    # step. The fewest of a worker's 3 steps: now and then the system faults a few hundred
+    # pages into a step of a worker that keeps its memory (seen with the suite's other tests
+    # running, not reproduced on demand).
+    assert all(min(worker) < 100 for worker in zip(*steps)), steps
